@@ -77,6 +77,15 @@ def parse_hostport(text: str) -> tuple[IPAddress, int]:
     return ipaddress.ip_address(addr), int(port)
 
 
+def parse_resolver(text: str) -> tuple[IPAddress, int]:
+    """Parse a ``[net] dns`` entry: ``ADDR``, ``ADDR:PORT`` or ``[V6ADDR]:PORT`` (port 53 default)."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_address(text), 53
+    except ValueError:
+        return parse_hostport(text)
+
+
 @attrs.frozen
 class PolicyRule:
     """One egress rule: a CIDR and an optional port or port range."""

@@ -205,6 +205,8 @@ class Backend(abc.ABC):
     :cvar auto_select: False for backends used only when named (host-bypass).
     :cvar config_section: the ``[net.<section>]`` table this backend owns.
     :cvar config_model: attrs class for that table (validated by the core).
+    :cvar accepts_vnet_hdr: :meth:`open` handles tap links whose frames carry
+        the 10-byte virtio-net header (GSO super-frames, checksum offload).
     """
 
     name: ClassVar[str]
@@ -214,6 +216,8 @@ class Backend(abc.ABC):
     auto_select: ClassVar[bool] = True
     config_section: ClassVar[str | None] = None
     config_model: ClassVar[type | None] = None
+    #: accepts tap links opened with the virtio-net header (and offloads)
+    accepts_vnet_hdr: ClassVar[bool] = False
 
     @abc.abstractmethod
     def probe(self, config: Config) -> Availability:

@@ -158,6 +158,10 @@ class NetConfig:
     mtu: int = attrs.field(default=1500, metadata={"range": (576, 65520)})
     dns: tuple[str, ...] = ()
     map_gateway_to_loopback: bool = True
+    #: on a failed session, start the next available backend on the same link
+    fallback: bool = True
+    #: tap links: use the virtio-net header and TSO/checksum offloads when every candidate backend can
+    tap_offload: bool = True
     pcap: str = ""
     ipv4: IPv4Profile = IPv4Profile()
     ipv6: IPv6Profile = IPv6Profile()

@@ -72,7 +72,8 @@ class Dnsmasq:
 
     def start(self, timeout: float = 5.0) -> Dnsmasq:
         if not self.port:
-            self.port = call_in_netns(self.netns.name if self.netns else None, lambda: free_udp_port(self.listen))
+            ns = self.netns.name if self.netns else None
+            self.port = call_in_netns(ns, lambda: free_udp_port(self.listen))
         prefix = self.netns.prefix() if self.netns else []
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen([*prefix, *self.argv()], stdout=log, stderr=subprocess.STDOUT)

@@ -72,7 +72,9 @@ class Netns:
         """argv prefix that runs a command in this namespace."""
         return ["ip", "netns", "exec", self.name]
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, check: bool = True
+    ) -> subprocess.CompletedProcess:
         return run([*self.prefix(), *argv], timeout=timeout, check=check)
 
     def popen(self, argv: Sequence[str], env: Mapping[str, str] | None = None, **kw) -> subprocess.Popen:
@@ -115,7 +117,8 @@ class HostNetns:
         self.host.create()
         try:
             self.gw.create()
-            self.host.ip("link", "add", "veth-h", "type", "veth", "peer", "name", "veth-g", "netns", self.gw.name)
+            self.host.ip("link", "add", "veth-h", "type", "veth", "peer", "name", "veth-g",
+                         "netns", self.gw.name)
             self.host.ip("addr", "add", f"{self.HOST_ADDR}/24", "dev", "veth-h")
             self.host.ip("link", "set", "veth-h", "up")
             self.gw.ip("addr", "add", f"{self.GW_ADDR}/24", "dev", "veth-g")

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import os
-import select
+import select as select_mod
 import signal
 import sys
 import threading
@@ -137,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             while not sup.stopping:
                 try:
-                    readable, _, _ = select.select([listener], [], [], 0.5)
+                    readable, _, _ = select_mod.select([listener], [], [], 0.5)
                 except InterruptedError:
                     continue
                 if not readable:

@@ -29,7 +29,7 @@ from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 5.0
 
 
 @attrs.frozen

@@ -1,0 +1,1 @@
+"""Test-only third-party backends (installed by the test environment only)."""

@@ -175,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .links.tap import TapLink
     from .supervisor import Supervisor
 
-    argv = list(args.command)
+    argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="count", default=0, help="less logging (repeatable)")
     common.add_argument("--config", metavar="FILE", help="TOML config file (default: $KBOXNET_CONFIG, "
                         "./kboxnet.toml, $XDG_CONFIG_HOME/kboxnet/kboxnet.toml)")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="subcommand")
 
     p = sub.add_parser("backends", parents=[common], help="list backends, their availability and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=int, help="guest MTU (overrides net.mtu)")
     p.add_argument("--pcap", metavar="FILE", help="capture guest frames to FILE")
     p.add_argument("--no-fallback", action="store_true", help="do not replace a failed backend")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="benchmark backends against references (see kboxnet bench --help)",
@@ -330,10 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(0, 1, logging.WARNING)
         print(_version_text(Registry.discover()))
         return ExitCode.OK
-    if args.command is None:
+    if args.subcommand is None:
         parser.print_help()
         return ExitCode.USAGE
-    default = logging.WARNING if args.command in ("run", "backends", "doctor") else logging.INFO
+    default = logging.WARNING if args.subcommand in ("run", "backends", "doctor") else logging.INFO
     _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0), default)
     try:
         return int(args.func(args))

@@ -37,8 +37,8 @@ class GuestNamespaceError(RuntimeError):
     pass
 
 
-def _mount(src: str, target: str, flags: int) -> None:
-    if _libc.mount(src.encode(), target.encode(), None, flags, None) != 0:
+def _mount(src: str, target: str, flags: int, fstype: str | None = None) -> None:
+    if _libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
 
@@ -95,6 +95,10 @@ class GuestNamespace:
                         os._exit(3)
                 _mount("none", "/", MS_REC | MS_PRIVATE)
                 _mount(resolv, "/etc/resolv.conf", MS_BIND)
+                try:  # a sysfs of our own shows this namespace's interfaces
+                    _mount("sysfs", "/sys", 0, "sysfs")
+                except OSError:
+                    pass
                 tap = open_tap(ifname, vnet_hdr=vnet_hdr, offload=vnet_hdr)
                 set_link("lo", up=True)
                 set_link(ifname, mtu=net.mtu, txqueuelen=10000, up=True)

@@ -8,7 +8,8 @@ from importlib import metadata
 
 import pytest
 
-from kboxnet_core import hookimpl, registry as registry_mod
+from kboxnet_core import hookimpl
+from kboxnet_core import registry as registry_mod
 from kboxnet_core.availability import Availability
 from kboxnet_core.backend import Backend
 from kboxnet_core.config import Config

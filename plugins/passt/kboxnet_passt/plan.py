@@ -1,0 +1,152 @@
+"""Turn the guest profile and ``[net]`` config into passt's command line.
+
+Everything passt cannot do for a given configuration becomes a *problem*
+(the backend is then unavailable for that configuration, with the reason);
+everything it does differently becomes a *warning* that is logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+
+from kboxnet_core.config import Config
+from kboxnet_core.config.model import NetConfig, parse_resolver
+
+from .detect import BinaryInfo
+from .quirks import Quirks
+
+LOOPBACK4 = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+@attrs.frozen
+class Plan:
+    """passt options for one configuration (without ``--fd``).
+
+    :ivar args: profile options (addressing, DNS, MTU, forwards).
+    :ivar problems: reasons this passt cannot serve the configuration.
+    :ivar warnings: behaviour that differs from the profile (logged).
+    :ivar relay_fixups: the relay must repair the passt build's defects.
+    """
+
+    args: tuple[str, ...]
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    relay_fixups: bool = False
+
+
+def loopback_denied(net: NetConfig) -> bool:
+    """The guest may not reach the host's loopback through the gateway address."""
+    if not net.map_gateway_to_loopback:
+        return True
+    return any(rule.ports is None and rule.network.version == 4 and LOOPBACK4.subnet_of(rule.network)
+               for rule in net.egress.deny)
+
+
+def _egress_problem(net: NetConfig) -> str | None:
+    rest = [r for r in net.egress.deny
+            if not (r.ports is None and r.network.version == 4 and LOOPBACK4.subnet_of(r.network))]
+    if net.egress.allow or rest:
+        rules = ", ".join(str(r) for r in (*net.egress.allow, *rest))
+        return f"passt cannot enforce [net.egress] rules ({rules})"
+    return None
+
+
+def _host_resolver() -> str | None:
+    try:
+        from kboxnet_core.resolvconf import host_resolvers
+
+        found = host_resolvers()
+    except OSError:
+        return None
+    return found[0] if found else None
+
+
+def _dns_args(net: NetConfig, info: BinaryInfo) -> tuple[list[str], list[str], list[str]]:
+    args: list[str] = ["--dns", str(net.ipv4.dns)]
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not info.has("dns-forward"):
+        problems.append("this passt has no --dns-forward (guest DNS address cannot be served)")
+        return args, problems, warnings
+    args += ["--dns-forward", str(net.ipv4.dns)]
+    if not net.dns:
+        return args, problems, warnings
+    addr, port = parse_resolver(net.dns[0])
+    if len(net.dns) > 1:
+        warnings.append(f"passt forwards DNS to one resolver only; using {net.dns[0]}")
+    if info.has("dns-host") and port == 53:
+        args += ["--dns-host", str(addr)]
+        return args, problems, warnings
+    host = _host_resolver()
+    if port == 53 and host is not None and ipaddress.ip_address(host.split("%")[0]) == addr:
+        return args, problems, warnings
+    problems.append(f"this passt forwards DNS only to the host's first resolver ({host or 'none'}), "
+                    f"not to the configured {net.dns[0]} (needs --dns-host, passt >= 2024_10_30)")
+    return args, problems, warnings
+
+
+def _forward_args(net: NetConfig) -> tuple[list[str], list[str]]:
+    args: list[str] = []
+    problems: list[str] = []
+    tcp = [f for f in net.forward if f.proto == "tcp"]
+    udp = [f for f in net.forward if f.proto == "udp"]
+    for flag, group in (("--tcp-ports", tcp), ("--udp-ports", udp)):
+        if not group:
+            args += [flag, "none"]
+            continue
+        for fwd in group:
+            if fwd.host_port == 0:
+                problems.append(f"passt needs a fixed host port (forward to guest port {fwd.guest} has port 0)")
+                continue
+            args += [flag, f"{fwd.host_address}/{fwd.host_port}:{fwd.guest}"]
+    return args, problems
+
+
+def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool, fixups: str = "auto") -> Plan:
+    """passt options for ``config``; ``relay`` tells whether frames pass through our relay."""
+    net = config.net
+    v4 = net.ipv4
+    args: list[str] = ["--mtu", str(net.mtu),
+                       "--address", str(v4.address), "--netmask", str(v4.prefix_len),
+                       "--gateway", str(v4.gateway)]
+    problems: list[str] = []
+    warnings: list[str] = []
+    if net.ipv6.enabled and info.has("ipv6-only"):
+        v6 = net.ipv6
+        args += ["--address", str(v6.address), "--gateway", str(v6.gateway), "--dns", str(v6.dns)]
+        if info.has("dns-forward"):
+            args += ["--dns-forward", str(v6.dns)]
+    else:
+        args.append("-4")
+    dns, dns_problems, dns_warnings = _dns_args(net, info)
+    args += dns
+    problems += dns_problems
+    warnings += dns_warnings
+    fwd, fwd_problems = _forward_args(net)
+    args += fwd
+    problems += fwd_problems
+    egress = _egress_problem(net)
+    if egress:
+        problems.append(egress)
+    if loopback_denied(net):
+        if info.has("no-map-gw"):
+            args.append("--no-map-gw")
+        else:
+            problems.append("policy denies host loopback but this passt has no --no-map-gw")
+    if net.pcap:
+        args += ["--pcap", net.pcap]
+    relay_fixups = False
+    if quirks.any:
+        if relay and fixups == "auto":
+            relay_fixups = True
+        else:
+            if quirks.gateway_ping_unmapped:
+                if info.has("no-icmp"):
+                    args.append("--no-icmp")
+                warnings.append("ICMP disabled: this passt would send guest pings to the gateway address "
+                                "out to the network")
+            warnings += [f"unrepaired passt defect: {text}" for text in quirks.describe()
+                         if "ping" not in text]
+    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups)

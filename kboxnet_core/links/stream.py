@@ -67,6 +67,7 @@ class StreamLink(Link):
         self._out = bytearray()
         self._out_off = 0
         self._closed = False
+        self._eof = False
         self.frames_in = 0
         self.frames_out = 0
 
@@ -100,43 +101,54 @@ class StreamLink(Link):
     def recv_frames(self, limit: int = 256) -> list[memoryview]:
         if self._closed:
             raise LinkClosed("link closed")
+        if self._eof:
+            self._closed = True
+            partial = self._end - self._start
+            if partial:
+                log.warning("%s: guest closed the connection mid-frame (%d bytes pending)", self.describe(), partial)
+                raise FramingError(f"guest closed mid-frame ({partial} bytes pending)")
+            raise LinkClosed("guest closed the connection")
         self._compact()
         view = self._view
         frames: list[memoryview] = []
-        while len(frames) < limit:
+        bad = False
+        while len(frames) < limit and not bad:
             start, end = self._start, self._end
             # parse everything complete in the buffer
             while end - start >= 4 and len(frames) < limit:
                 (length,) = _LEN.unpack_from(self._buf, start)
                 if length < ETH_MIN or length > ETH_MAX:
-                    self._fail(f"bad frame length {length} (allowed {ETH_MIN}..{ETH_MAX})")
+                    if not frames:
+                        self._fail(f"bad frame length {length} (allowed {ETH_MIN}..{ETH_MAX})")
+                    bad = True  # deliver the good frames first; the next call fails
+                    break
                 if end - start - 4 < length:
                     break
                 frames.append(view[start + 4 : start + 4 + length])
                 start += 4 + length
             self._start = start
-            if len(frames) >= limit or end == len(self._buf):
+            if bad or len(frames) >= limit or end == len(self._buf):
                 break
             try:
                 n = self.socket.recv_into(view[end:])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
+                if frames:
+                    self._eof = True
+                    break
                 self._closed = True
                 raise LinkClosed(f"guest connection error: {exc}") from exc
             if n == 0:
-                self._closed = True
-                partial = self._end - self._start
-                if partial:
-                    log.warning("%s: guest closed the connection mid-frame (%d bytes pending)",
-                                self.describe(), partial)
-                    raise FramingError(f"guest closed mid-frame ({partial} bytes pending)")
-                raise LinkClosed("guest closed the connection")
+                self._eof = True
+                break
             self._end = end + n
             if end + n < len(self._buf) and frames:
                 # short read: the socket is (probably) drained; parse and stop
                 continue
         self.frames_in += len(frames)
+        if self._eof and not frames:
+            return self.recv_frames(limit)  # reports the close (frames first, then EOF)
         return frames
 
     def _fail(self, message: str) -> None:

@@ -1,0 +1,257 @@
+"""The minislirp engine: one epoll loop between a guest link and host sockets.
+
+The engine owns the link, the epoll object, the guest's L2 identity, frame
+output (virtio-net header, pcap) and the timers; the protocol modules
+(:mod:`.arp`, :mod:`.dhcp`, :mod:`.icmp`, :mod:`.udp`, :mod:`.tcp`) own
+their flows and register their host sockets with :meth:`Engine.register`.
+Guest frames are read in batches; the work each batch causes (ACKs to the
+guest, reads from host sockets) is done once per batch, not once per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kboxnet_core.links.base import Link, LinkClosed
+
+from .arp import Arp
+from .counters import Counters
+from .dhcp import DhcpServer
+from .family import IPv4
+from .icmp import Icmp
+from .pcap import PcapWriter
+from .settings import MinislirpSettings
+from .tcp import Tcp
+from .translate import Translator
+from .udp import Udp
+from .wire import (
+    BROADCAST_MAC,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    HOST_MAC,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    VNET_F_DATA_VALID,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_NONE,
+)
+
+if TYPE_CHECKING:
+    from kboxnet_core.config.model import NetConfig
+
+log = logging.getLogger("kboxnet.minislirp")
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+#: stop writing host data into the link above this many queued bytes (stream links)
+LINK_HIGH_WATER = 8 << 20
+TICK = 0.05
+
+
+class Engine:
+    """Translates between one guest link and host sockets (IPv4)."""
+
+    def __init__(self, link: Link, net: NetConfig, settings: MinislirpSettings | None = None) -> None:
+        self.link = link
+        self.net = net
+        self.settings = settings or MinislirpSettings()
+        self.counters = Counters()
+        self.vnet = bool(link.vnet_hdr)
+        self.offload = self.vnet and self.settings.offload
+        self.verify = self.settings.verify_checksums
+        self.mtu = min(link.mtu or net.mtu, 65520)
+        self.guest_mac = BROADCAST_MAC
+        self.now = time.monotonic()
+        self.ep = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.ipv4 = IPv4()
+        v4 = net.ipv4
+        self.guest_ip4 = v4.address.packed
+        self.gateway4 = v4.gateway.packed
+        self.dns4 = v4.dns.packed
+        self.translator4 = Translator.from_config(self.gateway4, self.dns4, tuple(net.resolvers()), net.egress,
+                                                  net.map_gateway_to_loopback, 4)
+        self.local4 = frozenset({self.gateway4, self.dns4})
+        self.pcap = PcapWriter(net.pcap) if net.pcap else None
+        self.arp = Arp(self)
+        self.dhcp = DhcpServer(self, address=self.guest_ip4, prefix_len=v4.prefix_len, gateway=self.gateway4,
+                               dns=self.dns4, lease_time=v4.lease_time, mtu=self.mtu)
+        self.icmp = Icmp(self)
+        self.udp = Udp(self)
+        self.tcp = Tcp(self)
+        self._link_out = False
+        self._logged: set[str] = set()
+
+    # ---- guest identity --------------------------------------------------
+    def learn_guest_mac(self, mac: bytes) -> None:
+        if mac != self.guest_mac and not mac[0] & 1:
+            if self.guest_mac != BROADCAST_MAC:
+                log.info("guest MAC changed to %s", mac.hex(":"))
+            self.guest_mac = bytes(mac)
+
+    def log_once(self, topic: str, message: str) -> None:
+        """Log ``message`` at warning level the first time ``topic`` comes up."""
+        if topic not in self._logged:
+            self._logged.add(topic)
+            log.warning("minislirp: %s", message)
+
+    def translator(self, version: int) -> Translator:
+        return self.translator4
+
+    # ---- host sockets ------------------------------------------------------
+    def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self.ep.register(fd, events)
+        self.handlers[fd] = callback
+
+    def unregister(self, fd: int) -> None:
+        """Forget ``fd`` (call before closing it)."""
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
+
+    # ---- output --------------------------------------------------------------
+    def link_full(self) -> bool:
+        return self.link.pending_bytes() > LINK_HIGH_WATER
+
+    def out_bytes(self, frame: bytes) -> None:
+        """Send a small, fully built frame (checksums done) to the guest."""
+        if self.pcap is not None:
+            self.pcap.write(frame)
+        self.link.send_frame(VNET_HDR_NONE + frame if self.vnet else frame)
+
+    def out_view(self, view: memoryview, end: int) -> None:
+        """Send ``view[10:end]``; ``view[0:10]`` holds the virtio-net header if the link has one."""
+        if self.pcap is not None:
+            self.pcap.write(view[10:end])
+        self.link.send_frame(view[:end] if self.vnet else view[10:end])
+
+    # ---- input ---------------------------------------------------------------
+    def input(self, frame: memoryview) -> None:
+        """Handle one guest frame (never raises for malformed input)."""
+        csum_ok = not self.verify
+        if self.vnet:
+            if len(frame) < 10:
+                self.counters.drop("vnet_truncated")
+                return
+            if frame[0] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID):
+                csum_ok = True
+            frame = frame[10:]
+        if self.pcap is not None:
+            self.pcap.write(frame)
+        if len(frame) < 14:
+            self.counters.drop("eth_truncated")
+            return
+        etype = (frame[12] << 8) | frame[13]
+        if etype == ETH_P_IP:
+            p = self.ipv4.parse(frame, self.counters)
+            if p is None:
+                return
+            proto = p.proto
+            if proto == IPPROTO_TCP:
+                self.tcp.input(self.ipv4, frame, p, csum_ok)
+            elif proto == IPPROTO_UDP:
+                self.udp.input(self.ipv4, frame, p, csum_ok)
+            elif proto == IPPROTO_ICMP:
+                self.icmp.input(self.ipv4, frame, p, csum_ok)
+            else:
+                self.counters.drop("ip_proto_unsupported")
+        elif etype == ETH_P_ARP:
+            self.arp.input(frame)
+        elif etype == ETH_P_IPV6:
+            self.counters.drop("ipv6_unsupported")
+        else:
+            self.counters.drop("ethertype_unknown")
+
+    def _guest_input(self) -> None:
+        link = self.link
+        inp = self.input
+        for _ in range(8):
+            frames = link.recv_frames(256)
+            if not frames:
+                break
+            for frame in frames:
+                try:
+                    inp(frame)
+                except LinkClosed:
+                    raise
+                except Exception:  # noqa: BLE001 - a bad frame must never end the session
+                    self.counters.drop("internal_error")
+                    log.exception("minislirp: error handling a guest frame")
+            self.counters["link.frames_in"] += len(frames)
+            self.tcp.end_of_batch()
+            if len(frames) < 256:
+                break
+
+    # ---- loop ----------------------------------------------------------------
+    def run(self, stop_fd: int, on_ready: Callable[[], None] | None = None) -> str:
+        """Serve until ``stop_fd`` is readable (returns "stopped") or the guest leaves (raises LinkClosed)."""
+        ep = self.ep
+        link = self.link
+        link_fd = link.fileno()
+        ep.register(link_fd, EPOLLIN)
+        ep.register(stop_fd, EPOLLIN)
+        handlers = self.handlers
+        tcp = self.tcp
+        next_tick = time.monotonic() + TICK
+        if on_ready is not None:
+            on_ready()
+        try:
+            while True:
+                timeout = 0 if (tcp.more and not self.link_full()) else TICK
+                events = ep.poll(timeout, 512)
+                self.now = now = time.monotonic()
+                for fd, ev in events:
+                    if fd == link_fd:
+                        if ev & ~EPOLLOUT:
+                            self._guest_input()
+                    elif fd == stop_fd:
+                        return "stopped"
+                    else:
+                        cb = handlers.get(fd)
+                        if cb is not None:
+                            cb(ev)
+                if tcp.more and not self.link_full():
+                    tcp.resume()
+                if not link.flush():
+                    if not self._link_out:
+                        ep.modify(link_fd, EPOLLIN | EPOLLOUT)
+                        self._link_out = True
+                elif self._link_out:
+                    ep.modify(link_fd, EPOLLIN)
+                    self._link_out = False
+                if now >= next_tick:
+                    next_tick = now + TICK
+                    tcp.tick(now)
+                    self.udp.tick(now)
+                    self.icmp.tick(now)
+        finally:
+            for fd in (link_fd, stop_fd):
+                try:
+                    ep.unregister(fd)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Close every host socket and the pcap file (never the link)."""
+        self.tcp.close_all()
+        self.udp.close_all()
+        self.icmp.close_all()
+        self.ep.close()
+        if self.pcap is not None:
+            self.pcap.close()
+
+    @staticmethod
+    def pid() -> int:
+        return os.getpid()
+
+
+__all__ = ["Engine", "HOST_MAC"]

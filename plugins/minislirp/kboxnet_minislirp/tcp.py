@@ -1,0 +1,690 @@
+"""TCP translation in passt's style: no per-connection data buffers.
+
+* The SYN-ACK is sent only after the host ``connect()`` succeeded; a failure
+  becomes an RST, so the guest's connect fails at once and truthfully.
+* Host -> guest: data is read with ``MSG_PEEK`` (``SO_PEEK_OFF`` keeps the
+  offset of what was sent and not yet acknowledged) straight into frame
+  buffers behind pre-built headers, and discarded with ``MSG_TRUNC`` only when
+  the guest acknowledges it. Retransmission is a rewind of the peek offset.
+* Guest -> host: a segment is acknowledged only as far as ``send()`` accepted
+  it; the window advertised to the guest is the free space of the host
+  socket's send buffer (``SO_SNDBUF`` and ``SIOCOUTQ``).
+* Window scaling and MSS are always negotiated; FIN/half-close and RST work
+  both ways; dead flows time out.
+
+Sequence numbers: ``seq_to_tap`` is the next byte we send to the guest,
+``seq_ack_from_tap`` the oldest byte the guest has not acknowledged,
+``seq_max`` the highest sequence number sent (including our FIN),
+``seq_from_tap`` the next byte expected from the guest (our ACK number).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import random
+import select
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from .checksum import checksum, fold
+from .wire import (
+    HEADROOM,
+    IPPROTO_TCP,
+    TCP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    VNET,
+    VNET_F_NEEDS_CSUM,
+)
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .family import IPv4, Packet
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+#: our window scale; windows are capped at 65535 << 8 (16 MiB), like passt
+WS_TO_TAP = 8
+MAX_WINDOW = 0xFFFF << WS_TO_TAP
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
+SIOCOUTQ = 0x5411
+MSG_PEEK = socket.MSG_PEEK
+MSG_TRUNC = socket.MSG_TRUNC
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+EPOLLRDHUP = select.EPOLLRDHUP
+SOCK_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | select.EPOLLET
+#: bytes read from one host socket per turn (then other flows get theirs)
+TURN_BYTES = 512 * 1024
+NSLOTS = 64
+_H = struct.Struct("!H")
+_I = struct.Struct("i")
+_LINGER0 = struct.pack("ii", 1, 0)
+_SYN_OPTS = struct.Struct("!BBHBBBB")  # MSS(2,4,mss) NOP WS(3,3,shift)
+
+CONNECTING, SYN_ACK_SENT, ESTABLISHED = 0, 1, 2
+
+
+class TcpFlow:
+    """One guest connection and its host socket (about 300 bytes, no data buffers)."""
+
+    __slots__ = (
+        "key", "fam", "sock", "fd", "gaddr", "gport", "raddr", "rport", "pseudo", "state",
+        "seq_to_tap", "seq_ack_from_tap", "seq_max", "seq_from_tap", "seq_ack_to_tap",
+        "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
+        "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
+        "created", "force_ack", "wnd_wait", "closing_since",
+    )
+
+    def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
+                 rport: int, now: float) -> None:
+        self.key = key
+        self.fam = fam
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.gaddr = gaddr
+        self.gport = gport
+        self.raddr = raddr
+        self.rport = rport
+        self.pseudo = fam.pseudo(raddr, gaddr, IPPROTO_TCP)
+        self.state = CONNECTING
+        self.seq_to_tap = self.seq_ack_from_tap = self.seq_max = 0
+        self.seq_from_tap = self.seq_ack_to_tap = 0
+        self.wnd_from_tap = 0
+        self.ws_from_tap = 0
+        self.ws_to_tap = 0
+        self.wnd_to_tap = 0
+        self.mss = 536
+        self.readable = False
+        self.eof = False
+        self.fin_to_tap = False
+        self.fin_acked = False
+        self.fin_from_tap = False
+        self.dup_acks = 0
+        self.rto_at = 0.0
+        self.retries = 0
+        self.last = now
+        self.created = now
+        self.force_ack = False
+        self.wnd_wait = False
+        self.closing_since = 0.0
+
+
+def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int]:
+    """MSS (536 if absent) and window shift (-1 if absent) from a SYN's options."""
+    mss, ws = 536, -1
+    i = start
+    while i < end:
+        kind = frame[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end:
+            break
+        length = frame[i + 1]
+        if length < 2 or i + length > end:
+            break
+        if kind == 2 and length == 4:
+            mss = (frame[i + 2] << 8) | frame[i + 3]
+        elif kind == 3 and length == 3:
+            ws = min(frame[i + 2], 14)
+        i += length
+    return mss, ws
+
+
+class Tcp:
+    """All TCP flows of a session."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+        self.c = engine.counters
+        self.flows: dict[tuple, TcpFlow] = {}
+        self.ack_due: set[TcpFlow] = set()
+        self.more: set[TcpFlow] = set()
+        self._discard = bytearray(MAX_WINDOW + 65536)
+        self._discard_view = memoryview(self._discard)
+        self._ctl = bytearray(HEADROOM + 14 + 60 + 60)
+        self._ctl_view = memoryview(self._ctl)
+        self._ioctl_buf = bytearray(4)
+        self.peek_off = self._probe_peek_off()
+        fam = engine.ipv4
+        self.mtu_mss = engine.mtu - fam.l3_len - 20
+        # frame slots: headroom + headers + one segment (a GSO super-frame with offload)
+        self.seg_max = (fam.max_l4 - 20) if engine.offload else self.mtu_mss
+        self._hdr = HEADROOM + 14 + fam.l3_len + 20
+        self._slot_size = self._hdr + self.seg_max
+        nslots = 8 if engine.offload else NSLOTS
+        self._slots = [bytearray(self._slot_size) for _ in range(nslots)]
+        self._slot_views = [memoryview(s) for s in self._slots]
+        self._payload_views = [v[self._hdr:] for v in self._slot_views]
+        self._rand = random.Random()
+
+    @staticmethod
+    def _probe_peek_off() -> bool:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            return True
+        except OSError:
+            return False
+
+    # ==== guest -> us =======================================================
+    def input(self, fam: IPv4, frame: memoryview, p: Packet, csum_ok: bool) -> None:
+        c = self.c
+        l4 = p.l4_off
+        end = p.l4_end
+        l4len = end - l4
+        if l4len < 20:
+            c.drop("tcp_truncated")
+            return
+        sport, dport, seq, ack, offfl, wnd, _csum, _urg = TCP.unpack_from(frame, l4)
+        doff = (offfl >> 12) << 2
+        if doff < 20 or doff > l4len:
+            c.drop("tcp_bad_doff")
+            return
+        if not csum_ok:
+            value = int.from_bytes(frame[l4:end], "big")
+            if l4len & 1:
+                value <<= 8
+            if (value + fam.pseudo(p.src, p.dst, IPPROTO_TCP) + l4len) % 0xFFFF:
+                c.drop("tcp_bad_checksum")
+                return
+        flags = offfl & 0x3F
+        key = (p.src, sport, p.dst, dport)
+        flow = self.flows.get(key)
+        c["tcp.frames_in"] += 1
+        if flow is None:
+            if flags & TCP_RST:
+                return
+            if flags & TCP_SYN and not flags & TCP_ACK:
+                self._open(fam, frame, p, key, sport, dport, seq, l4 + 20, l4 + doff, wnd)
+            else:
+                plen = l4len - doff + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
+                if flags & TCP_ACK:
+                    self._rst_raw(fam, p.dst, dport, p.src, sport, ack, 0, TCP_RST)
+                else:
+                    self._rst_raw(fam, p.dst, dport, p.src, sport, 0, (seq + plen) & MASK, TCP_RST | TCP_ACK)
+                c["tcp.rst_no_flow"] += 1
+            return
+        flow.last = self.e.now
+        if flags & TCP_RST:
+            c["tcp.rst_from_guest"] += 1
+            self._close(flow, reset_host=True)
+            return
+        state = flow.state
+        if state != ESTABLISHED:
+            if state == CONNECTING:
+                return  # a retransmitted SYN while the host connect() runs
+            if flags & TCP_SYN:
+                self._send_synack(flow)
+                return
+            if not flags & TCP_ACK or ack != flow.seq_to_tap:
+                return
+            flow.state = ESTABLISHED
+            flow.seq_ack_from_tap = ack
+            flow.wnd_from_tap = min(wnd << flow.ws_from_tap, MAX_WINDOW)
+            flow.readable = True
+            self.more.add(flow)
+        elif flags & TCP_SYN:
+            flow.force_ack = True
+            self.ack_due.add(flow)
+            return
+        if flags & TCP_ACK:
+            self._ack_from_tap(flow, ack, wnd, l4len == doff)
+            if flow.sock is None:
+                return
+        if l4len > doff or flags & TCP_FIN:
+            self._data_from_tap(flow, frame, l4 + doff, end, seq, flags & TCP_FIN)
+
+    def _ack_from_tap(self, flow: TcpFlow, ack: int, wnd: int, pure: bool) -> None:
+        new_wnd = wnd << flow.ws_from_tap
+        if new_wnd > MAX_WINDOW:
+            new_wnd = MAX_WINDOW
+        base = flow.seq_ack_from_tap
+        acked = (ack - base) & MASK
+        sent = (flow.seq_max - base) & MASK
+        if acked and acked <= sent:
+            data = acked
+            if flow.fin_to_tap and ack == flow.seq_max:
+                data -= 1
+                flow.fin_acked = True
+            if data:
+                self._discard_bytes(flow, data)
+            flow.seq_ack_from_tap = ack
+            if (flow.seq_to_tap - ack) & MASK >= HALF:
+                flow.seq_to_tap = ack
+            flow.dup_acks = 0
+            flow.retries = 0
+            flow.rto_at = (self.e.now + self.e.settings.tcp_rto) if ack != flow.seq_max else 0.0
+        elif not acked and pure and sent and new_wnd == flow.wnd_from_tap:
+            flow.dup_acks += 1
+            if flow.dup_acks == 3:
+                self.c["tcp.fast_retransmits"] += 1
+                flow.wnd_from_tap = new_wnd
+                self._rewind(flow)
+                return
+        opened = new_wnd > flow.wnd_from_tap
+        flow.wnd_from_tap = new_wnd
+        if flow.fin_acked and flow.fin_from_tap:
+            self._close(flow)
+            return
+        if flow.readable and (acked or opened):
+            self.more.add(flow)
+
+    def _discard_bytes(self, flow: TcpFlow, n: int) -> None:
+        view = self._discard_view
+        while n > 0:
+            try:
+                k = flow.sock.recv_into(view, min(n, len(view)), MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if k <= 0:
+                return
+            n -= k
+
+    def _data_from_tap(self, flow: TcpFlow, frame: memoryview, off: int, end: int, seq: int, fin: int) -> None:
+        self.ack_due.add(flow)
+        if flow.fin_from_tap:
+            flow.force_ack = True
+            return
+        exp = flow.seq_from_tap
+        plen = end - off
+        behind = (exp - seq) & MASK
+        if behind:
+            if behind >= HALF:  # a gap: something before this segment is missing
+                flow.force_ack = True
+                self.c["tcp.out_of_order"] += 1
+                return
+            if behind >= plen:
+                if not (fin and behind == plen):
+                    flow.force_ack = True  # old data or a keepalive probe
+                    return
+                plen = 0
+            else:
+                off += behind
+                plen -= behind
+        if plen:
+            try:
+                k = flow.sock.send(frame[off:end])
+            except (BlockingIOError, InterruptedError):
+                k = 0
+            except OSError:
+                self.c["tcp.host_send_error"] += 1
+                self._reset(flow)
+                return
+            flow.seq_from_tap = (exp + k) & MASK
+            self.c["tcp.bytes_to_host"] += k
+            if k < plen:
+                self.c["tcp.host_short_send"] += 1
+                flow.force_ack = True
+                flow.wnd_wait = True
+                return
+        if fin:
+            try:
+                flow.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            flow.seq_from_tap = (flow.seq_from_tap + 1) & MASK
+            flow.fin_from_tap = True
+            flow.closing_since = self.e.now
+            if flow.fin_acked:
+                self._send_ctl(flow, TCP_ACK)
+                self._close(flow)
+                self.ack_due.discard(flow)
+
+    def end_of_batch(self) -> None:
+        """Send one ACK per flow that got data in this batch of guest frames."""
+        for flow in self.ack_due:
+            if flow.sock is None or flow.state != ESTABLISHED:
+                continue
+            old = flow.wnd_to_tap
+            self._update_window(flow)
+            if flow.force_ack or flow.seq_ack_to_tap != flow.seq_from_tap or flow.wnd_to_tap > old:
+                self._send_ctl(flow, TCP_ACK)
+                flow.force_ack = False
+        self.ack_due.clear()
+
+    def _update_window(self, flow: TcpFlow) -> None:
+        """Advertise what the host socket can take now (free send-buffer space)."""
+        sock = flow.sock
+        try:
+            sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            buf = self._ioctl_buf
+            fcntl.ioctl(flow.fd, SIOCOUTQ, buf)
+            outq = _I.unpack(buf)[0]
+        except OSError:
+            return
+        free = (sndbuf * 3 >> 2) - outq
+        if free < flow.mss:
+            if free < 0:
+                free = 0
+            if not flow.wnd_wait:
+                flow.wnd_wait = True
+                try:  # re-arm: tcp_poll marks the socket SOCK_NOSPACE, so EPOLLOUT comes when space frees
+                    self.e.ep.modify(flow.fd, SOCK_EVENTS)
+                except OSError:
+                    pass
+        elif free > MAX_WINDOW:
+            free = MAX_WINDOW
+        flow.wnd_to_tap = free
+
+    # ==== host socket -> guest ===============================================
+    def _sock_event(self, flow: TcpFlow, ev: int) -> None:
+        if flow.sock is None:
+            return
+        if flow.state == CONNECTING:
+            if ev & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                err = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self.c["tcp.connect_failed"] += 1
+                    self._send_ctl(flow, TCP_RST | TCP_ACK, seq=0)
+                    self._close(flow)
+                else:
+                    self.c["tcp.connected"] += 1
+                    flow.seq_to_tap = flow.seq_max = (flow.seq_to_tap + 1) & MASK
+                    flow.seq_ack_from_tap = flow.seq_to_tap
+                    flow.state = SYN_ACK_SENT
+                    self._send_synack(flow)
+            return
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            flow.readable = True
+            if flow.state == ESTABLISHED:
+                self._sock_to_tap(flow)
+        if ev & EPOLLOUT and flow.wnd_wait and flow.sock is not None and flow.state == ESTABLISHED:
+            flow.wnd_wait = False
+            old = flow.wnd_to_tap
+            self._update_window(flow)
+            if flow.wnd_to_tap > old or flow.seq_ack_to_tap != flow.seq_from_tap:
+                self._send_ctl(flow, TCP_ACK)
+
+    def resume(self) -> None:
+        """Continue flows that had more to read than one turn allowed."""
+        flows = list(self.more)
+        self.more.clear()
+        for flow in flows:
+            if flow.sock is not None and flow.state == ESTABLISHED:
+                self._sock_to_tap(flow)
+
+    def _sock_to_tap(self, flow: TcpFlow) -> None:
+        e = self.e
+        if e.link_full():
+            self.more.add(flow)
+            return
+        if flow.fin_to_tap:
+            return
+        in_flight = (flow.seq_to_tap - flow.seq_ack_from_tap) & MASK
+        avail = flow.wnd_from_tap - in_flight
+        if avail <= 0:
+            return
+        seg = self.seg_max if e.offload else min(flow.mss, self.seg_max)
+        budget = avail if avail < TURN_BYTES else TURN_BYTES
+        views = self._payload_views
+        iov = []
+        left = budget
+        for view in views:
+            if left <= 0:
+                break
+            if left >= seg:
+                iov.append(view[:seg])
+                left -= seg
+            else:
+                iov.append(view[:left])
+                left = 0
+        wanted = budget - left
+        skip = 0
+        if not self.peek_off and in_flight:
+            skip = in_flight
+            iov.insert(0, self._discard_view[:in_flight])
+        try:
+            total = flow.sock.recvmsg_into(iov, 0, MSG_PEEK)[0]
+        except (BlockingIOError, InterruptedError):
+            flow.readable = False
+            return
+        except OSError:
+            self.c["tcp.host_recv_error"] += 1
+            self._reset(flow)
+            return
+        n = total - skip
+        if n <= 0:
+            if total and n == 0:
+                flow.readable = False  # nothing new beyond what the guest has not acknowledged
+            else:
+                # end of stream after everything we sent: our FIN
+                flow.eof = True
+                flow.readable = False
+                flow.fin_to_tap = True
+                self._send_ctl(flow, TCP_FIN | TCP_ACK)
+                flow.seq_to_tap = (flow.seq_to_tap + 1) & MASK
+                if (flow.seq_to_tap - flow.seq_max) & MASK < HALF:
+                    flow.seq_max = flow.seq_to_tap
+                if not flow.closing_since:
+                    flow.closing_since = e.now
+                if not flow.rto_at:
+                    flow.rto_at = e.now + e.settings.tcp_rto
+            return
+        self._update_window(flow)
+        seq = flow.seq_to_tap
+        left = n
+        i = 0
+        emit = self._emit_data
+        while left > 0:
+            size = seg if left > seg else left
+            left -= size
+            emit(flow, i, seq, size, TCP_ACK | (TCP_PSH if not left else 0))
+            seq = (seq + size) & MASK
+            i += 1
+        flow.seq_to_tap = seq
+        if (seq - flow.seq_max) & MASK < HALF:
+            flow.seq_max = seq
+        flow.seq_ack_to_tap = flow.seq_from_tap
+        flow.force_ack = False
+        self.c["tcp.bytes_to_guest"] += n
+        if not flow.rto_at:
+            flow.rto_at = e.now + e.settings.tcp_rto
+        if n >= wanted and n < avail:
+            self.more.add(flow)
+        elif n < wanted:
+            flow.readable = False  # drained: wait for the next EPOLLIN edge
+
+    def _emit_data(self, flow: TcpFlow, slot: int, seq: int, plen: int, flags: int) -> None:
+        e = self.e
+        buf = self._slots[slot]
+        view = self._slot_views[slot]
+        fam = flow.fam
+        l4len = 20 + plen
+        l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, _HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_TCP, l4len)
+        TCP.pack_into(buf, l4, flow.rport, flow.gport, seq, flow.seq_from_tap, 0x5000 | flags,
+                      flow.wnd_to_tap >> flow.ws_to_tap, 0, 0)
+        end = l4 + l4len
+        if e.offload:
+            _H.pack_into(buf, l4 + 16, fold(flow.pseudo + l4len))
+            if plen > flow.mss:
+                VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, fam.gso_tcp, l4 - HEADROOM + 20, flow.mss,
+                               l4 - HEADROOM, 16)
+            else:
+                VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 16)
+        else:
+            _H.pack_into(buf, l4 + 16, checksum(view[l4:end], flow.pseudo + l4len))
+            if e.vnet:
+                VNET.pack_into(buf, 0, 0, 0, 0, 0, 0, 0)
+        e.out_view(view, end)
+        self.c["tcp.frames_out"] += 1
+
+    # ==== control segments ====================================================
+    def _send_ctl(self, flow: TcpFlow, flags: int, seq: int | None = None, opts: bytes = b"") -> None:
+        """Send a segment without payload (ACK, FIN, RST, SYN-ACK) for ``flow``."""
+        if flags & TCP_ACK and not flags & TCP_RST:
+            flow.seq_ack_to_tap = flow.seq_from_tap
+        self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport,
+                          flow.seq_to_tap if seq is None else seq, flow.seq_from_tap, flags,
+                          0 if flags & TCP_RST else min(flow.wnd_to_tap >> (0 if flags & TCP_SYN else flow.ws_to_tap),
+                                                        0xFFFF), opts)
+
+    def _rst_raw(self, fam: IPv4, src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int,
+                 flags: int) -> None:
+        self._ctl_segment(fam, src, sport, dst, dport, seq, ack, flags, 0, b"")
+
+    def _ctl_segment(self, fam: IPv4, src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int,
+                     flags: int, wnd: int, opts: bytes) -> None:
+        e = self.e
+        buf = self._ctl
+        view = self._ctl_view
+        l4len = 20 + len(opts)
+        l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, _HOST_MAC, src, dst, IPPROTO_TCP, l4len)
+        TCP.pack_into(buf, l4, sport, dport, seq, ack, ((5 + len(opts) // 4) << 12) | flags, wnd, 0, 0)
+        if opts:
+            buf[l4 + 20:l4 + l4len] = opts
+        end = l4 + l4len
+        _H.pack_into(buf, l4 + 16, checksum(view[l4:end], fam.pseudo(src, dst, IPPROTO_TCP) + l4len))
+        if e.vnet:
+            VNET.pack_into(buf, 0, 0, 0, 0, 0, 0, 0)
+        e.out_view(view, end)
+        self.c["tcp.ctl_out"] += 1
+
+    def _send_synack(self, flow: TcpFlow) -> None:
+        isn = (flow.seq_to_tap - 1) & MASK
+        self._update_window(flow)
+        if flow.wnd_to_tap < 65535:
+            flow.wnd_to_tap = 65535 if flow.ws_to_tap else flow.wnd_to_tap
+        opts = _SYN_OPTS.pack(2, 4, min(self.mtu_mss, 65495), 1, 3, 3, flow.ws_to_tap) if flow.ws_to_tap \
+            else _SYN_OPTS.pack(2, 4, min(self.mtu_mss, 65495), 1, 1, 1, 1)
+        self._send_ctl(flow, TCP_SYN | TCP_ACK, seq=isn, opts=opts)
+        flow.rto_at = self.e.now + 1.0
+
+    # ==== flow setup and teardown ==============================================
+    def _open(self, fam: IPv4, frame: memoryview, p: Packet, key: tuple, sport: int, dport: int, seq: int,
+              opt_start: int, opt_end: int, wnd: int) -> None:
+        e = self.e
+        c = self.c
+        target = e.translator(fam.version).target(p.dst, dport)
+        if target.refused or not fam.is_unicast(p.dst):
+            c.drop("tcp_" + (target.refused or "not_unicast"))
+            self._rst_raw(fam, p.dst, dport, p.src, sport, 0, (seq + 1) & MASK, TCP_RST | TCP_ACK)
+            return
+        mss, ws = parse_syn_options(frame, opt_start, opt_end)
+        try:
+            sock = socket.socket(fam.af, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            c.drop("tcp_socket_failed")
+            self.e.log_once("socket", f"cannot create a TCP socket: {exc}")
+            self._rst_raw(fam, p.dst, dport, p.src, sport, 0, (seq + 1) & MASK, TCP_RST | TCP_ACK)
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if e.settings.tcp_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, e.settings.tcp_sndbuf)
+            if self.peek_off:
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            pass
+        err = sock.connect_ex((target.host, target.port))
+        flow = TcpFlow(key, fam, sock, p.src, sport, p.dst, dport, e.now)
+        flow.seq_from_tap = flow.seq_ack_to_tap = (seq + 1) & MASK
+        flow.seq_to_tap = flow.seq_max = flow.seq_ack_from_tap = self._rand.getrandbits(32)
+        flow.mss = max(min(mss, self.mtu_mss), 64)
+        if ws >= 0:
+            flow.ws_from_tap = ws
+            flow.ws_to_tap = WS_TO_TAP
+        flow.wnd_from_tap = wnd  # unscaled in a SYN
+        if err not in (0, errno.EINPROGRESS):
+            c["tcp.connect_failed"] += 1
+            self._send_ctl(flow, TCP_RST | TCP_ACK, seq=0)
+            sock.close()
+            return
+        self.flows[key] = flow
+        c["tcp.flows"] += 1
+        e.register(flow.fd, SOCK_EVENTS, lambda ev, f=flow: self._sock_event(f, ev))
+
+    def _reset(self, flow: TcpFlow) -> None:
+        """The host side failed: RST to the guest, close."""
+        if flow.sock is None:
+            return
+        self._send_ctl(flow, TCP_RST | TCP_ACK)
+        self.c["tcp.rst_to_guest"] += 1
+        self._close(flow, reset_host=True)
+
+    def _close(self, flow: TcpFlow, reset_host: bool = False) -> None:
+        sock = flow.sock
+        if sock is None:
+            return
+        self.e.unregister(flow.fd)
+        if reset_host:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            except OSError:
+                pass
+        sock.close()
+        flow.sock = None
+        self.flows.pop(flow.key, None)
+        self.more.discard(flow)
+        self.c["tcp.closed"] += 1
+
+    def _rewind(self, flow: TcpFlow) -> None:
+        """Retransmit from the oldest unacknowledged byte: the data is still in the host socket."""
+        flow.seq_to_tap = flow.seq_ack_from_tap
+        flow.dup_acks = 0
+        if flow.fin_to_tap and not flow.fin_acked:
+            flow.fin_to_tap = False
+        if self.peek_off:
+            try:
+                flow.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            except OSError:
+                pass
+        flow.readable = True
+        self.c["tcp.retransmits"] += 1
+        self._sock_to_tap(flow)
+
+    def tick(self, now: float) -> None:
+        """Retransmission and dead-flow timeouts."""
+        st = self.e.settings
+        for flow in list(self.flows.values()):
+            if flow.sock is None:
+                continue
+            state = flow.state
+            if state == CONNECTING:
+                if now - flow.created > st.tcp_syn_timeout:
+                    self.c["tcp.connect_timeout"] += 1
+                    self._send_ctl(flow, TCP_RST | TCP_ACK, seq=0)
+                    self._close(flow)
+                continue
+            if state == SYN_ACK_SENT:
+                if now >= flow.rto_at:
+                    flow.retries += 1
+                    if flow.retries > 5:
+                        self._close(flow, reset_host=True)
+                    else:
+                        self._send_synack(flow)
+                continue
+            if flow.closing_since and now - max(flow.last, flow.closing_since) > st.tcp_fin_timeout:
+                self.c["tcp.fin_timeout"] += 1
+                self._reset(flow)
+                continue
+            if flow.rto_at and now >= flow.rto_at:
+                if flow.seq_max == flow.seq_ack_from_tap:
+                    flow.rto_at = 0.0
+                    continue
+                flow.retries += 1
+                if flow.retries > 8:
+                    self.c["tcp.retransmit_timeout"] += 1
+                    self._reset(flow)
+                    continue
+                flow.rto_at = now + st.tcp_rto * (1 << flow.retries)
+                self._rewind(flow)
+
+    def close_all(self) -> None:
+        for flow in list(self.flows.values()):
+            self._close(flow, reset_host=True)
+
+
+from .wire import HOST_MAC as _HOST_MAC  # noqa: E402

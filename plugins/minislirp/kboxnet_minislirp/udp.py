@@ -1,0 +1,200 @@
+"""UDP flows: one connected host socket per guest 4-tuple, closed when idle.
+
+ICMP errors the host kernel reports for a flow (``IP_RECVERR``) are turned
+into ICMP errors to the guest, so ``connect()``-ed guest sockets see
+ECONNREFUSED as they would on a real network. Datagrams to port 67 go to
+the DHCP server; datagrams to the DNS address are forwarded to the resolver.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from .checksum import checksum, fold
+from .wire import HEADROOM, HOST_MAC, IPPROTO_UDP, UDP, VNET, VNET_F_NEEDS_CSUM
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .family import IPv4, Packet
+
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+SO_EE_ORIGIN_ICMP = 2
+_EE = struct.Struct("=IBBBBII")
+_H = struct.Struct("!H")
+#: datagrams read from one host socket per wakeup
+BURST = 64
+MAX_PAYLOAD = 65535 - 8
+
+
+class UdpFlow:
+    __slots__ = ("key", "fam", "sock", "fd", "gaddr", "gport", "raddr", "rport", "pseudo", "last", "timeout",
+                 "last_len")
+
+    def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
+                 rport: int, now: float, timeout: float) -> None:
+        self.key = key
+        self.fam = fam
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.gaddr = gaddr
+        self.gport = gport
+        self.raddr = raddr
+        self.rport = rport
+        self.pseudo = fam.pseudo(raddr, gaddr, IPPROTO_UDP)
+        self.last = now
+        self.timeout = timeout
+        self.last_len = 0
+
+
+class Udp:
+    """All UDP flows of a session (plus the DHCP hand-off)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+        self.c = engine.counters
+        self.flows: dict[tuple, UdpFlow] = {}
+        fam = engine.ipv4
+        self._hdr = HEADROOM + 14 + fam.l3_len + 8
+        self._buf = bytearray(self._hdr + MAX_PAYLOAD)
+        self._view = memoryview(self._buf)
+        self._payload = self._view[self._hdr:]
+
+    def input(self, fam: IPv4, frame: memoryview, p: Packet, csum_ok: bool) -> None:
+        c = self.c
+        l4 = p.l4_off
+        l4len = p.l4_end - l4
+        if l4len < 8:
+            c.drop("udp_truncated")
+            return
+        sport, dport, ulen, csum = UDP.unpack_from(frame, l4)
+        if ulen < 8 or ulen > l4len:
+            c.drop("udp_bad_length")
+            return
+        end = l4 + ulen
+        if csum and not csum_ok:
+            value = int.from_bytes(frame[l4:end], "big")
+            if ulen & 1:
+                value <<= 8
+            if (value + fam.pseudo(p.src, p.dst, IPPROTO_UDP) + ulen) % 0xFFFF:
+                c.drop("udp_bad_checksum")
+                return
+        if dport == 67 and fam.version == 4:
+            self.e.dhcp.input(frame, l4 + 8, end)
+            return
+        if not fam.is_unicast(p.dst):
+            c.drop("udp_not_unicast")
+            return
+        c["udp.frames_in"] += 1
+        key = (p.src, sport, p.dst, dport)
+        flow = self.flows.get(key)
+        if flow is None:
+            flow = self._open(fam, frame, p, key, sport, dport)
+            if flow is None:
+                return
+        flow.last = self.e.now
+        flow.last_len = ulen
+        try:
+            flow.sock.send(frame[l4 + 8:end])
+        except (BlockingIOError, InterruptedError):
+            c.drop("udp_host_busy")
+        except OSError:
+            self._errqueue(flow)  # an error reported for an earlier datagram
+            c.drop("udp_host_error")
+
+    def _open(self, fam: IPv4, frame: memoryview, p: Packet, key: tuple, sport: int, dport: int) -> UdpFlow | None:
+        e = self.e
+        target = e.translator(fam.version).target(p.dst, dport)
+        if target.refused:
+            self.c.drop("udp_" + target.refused)
+            e.icmp.unreachable(fam, frame, p, 13 if target.refused == "egress_denied" else 3)
+            return None
+        try:
+            sock = socket.socket(fam.af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            self.c.drop("udp_socket_failed")
+            e.log_once("socket", f"cannot create a UDP socket: {exc}")
+            return None
+        try:
+            sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+            sock.connect((target.host, target.port))
+        except OSError:
+            sock.close()
+            self.c.drop("udp_connect_failed")
+            e.icmp.unreachable(fam, frame, p, 1)
+            return None
+        timeout = e.settings.dns_timeout if target.dns else e.settings.udp_timeout
+        flow = UdpFlow(key, fam, sock, p.src, sport, p.dst, dport, e.now, timeout)
+        self.flows[key] = flow
+        self.c["udp.flows"] += 1
+        e.register(flow.fd, select.EPOLLIN, lambda ev, f=flow: self._sock_event(f, ev))
+        return flow
+
+    def _sock_event(self, flow: UdpFlow, ev: int) -> None:
+        if ev & select.EPOLLERR:
+            self._errqueue(flow)
+        if not ev & select.EPOLLIN:
+            return
+        e = self.e
+        sock = flow.sock
+        buf = self._buf
+        view = self._view
+        payload = self._payload
+        fam = flow.fam
+        for _ in range(BURST):
+            try:
+                n = sock.recv_into(payload)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._errqueue(flow)
+                break
+            flow.last = e.now
+            ulen = 8 + n
+            l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_UDP, ulen)
+            UDP.pack_into(buf, l4, flow.rport, flow.gport, ulen, 0)
+            end = l4 + ulen
+            if e.offload:
+                _H.pack_into(buf, l4 + 6, fold(flow.pseudo + ulen))
+                VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 6)
+            else:
+                _H.pack_into(buf, l4 + 6, checksum(view[l4:end], flow.pseudo + ulen) or 0xFFFF)
+                if e.vnet:
+                    VNET.pack_into(buf, 0, 0, 0, 0, 0, 0, 0)
+            e.out_view(view, end)
+            self.c["udp.frames_out"] += 1
+
+    def _errqueue(self, flow: UdpFlow) -> None:
+        """Reflect errors queued on the host socket (ICMP from the host's network) to the guest."""
+        for _ in range(8):
+            try:
+                data, anc, _flags, _addr = flow.sock.recvmsg(MAX_PAYLOAD, 512, MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for level, kind, cdata in anc:
+                if level != socket.SOL_IP or kind != IP_RECVERR or len(cdata) < _EE.size:
+                    continue
+                _err, origin, itype, code, _pad, _info, _d = _EE.unpack_from(cdata)
+                if origin == SO_EE_ORIGIN_ICMP and itype == 3:
+                    self.c["udp.icmp_reflected"] += 1
+                    self.e.icmp.unreachable_for_flow(flow.fam, flow.gaddr, flow.gport, flow.raddr, flow.rport,
+                                                     IPPROTO_UDP, code, bytes(data[:64]))
+
+    def tick(self, now: float) -> None:
+        for flow in [f for f in self.flows.values() if now - f.last > f.timeout]:
+            self._close(flow)
+            self.c["udp.timeouts"] += 1
+
+    def _close(self, flow: UdpFlow) -> None:
+        self.e.unregister(flow.fd)
+        flow.sock.close()
+        self.flows.pop(flow.key, None)
+
+    def close_all(self) -> None:
+        for flow in list(self.flows.values()):
+            self._close(flow)

@@ -1,0 +1,174 @@
+"""Test/bench adapter: a network namespace "guest" served by a minislirp session.
+
+``GuestNet`` creates a namespace, opens a tap link into it (optionally with
+the virtio-net header and offloads), starts a :class:`MinislirpSession` on it
+in this process, and runs a DHCP client in the namespace. With
+``stream=True`` the tap is relayed to a socketpair and the session serves the
+other end as a :class:`StreamLink` (the qemu stream protocol), which is what a
+VM or kbox would connect.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+from kboxnet_core.backend import SessionContext
+from kboxnet_core.config.model import Config, EgressPolicy, NetConfig, PolicyRule
+from kboxnet_core.links.stream import StreamLink, enlarge_socket_buffers
+from kboxnet_core.links.tap import TapLink
+from kboxnet_core.testing.netns import Netns
+from kboxnet_core.testing.udhcpc import write_udhcpc_script
+
+from kboxnet_minislirp.plugin import MinislirpBackend
+from kboxnet_minislirp.settings import MinislirpSettings
+
+_LEN = struct.Struct(">I")
+
+
+class TapStreamRelay:
+    """Relays a tap fd to one end of a socketpair in the qemu stream framing (test adapter)."""
+
+    def __init__(self, tap_fd: int, sock: socket.socket) -> None:
+        self.tap_fd = tap_fd
+        self.sock = sock
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._loop, name="tap-stream-relay", daemon=True)
+
+    def start(self) -> TapStreamRelay:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        ep = select.epoll()
+        ep.register(self.tap_fd, select.EPOLLIN)
+        ep.register(self.sock.fileno(), select.EPOLLIN)
+        ep.register(self._stop_r, select.EPOLLIN)
+        self.sock.setblocking(True)
+        inbuf = bytearray()
+        try:
+            while True:
+                for fd, _ev in ep.poll(1.0):
+                    if fd == self._stop_r:
+                        return
+                    if fd == self.tap_fd:
+                        out = []
+                        for _ in range(64):
+                            try:
+                                frame = os.read(self.tap_fd, 65536)
+                            except BlockingIOError:
+                                break
+                            out.append(_LEN.pack(len(frame)) + frame)
+                        if out:
+                            self.sock.sendall(b"".join(out))
+                    else:
+                        data = self.sock.recv(1 << 20)
+                        if not data:
+                            return
+                        inbuf += data
+                        while len(inbuf) >= 4:
+                            (n,) = _LEN.unpack_from(inbuf)
+                            if len(inbuf) < 4 + n:
+                                break
+                            try:
+                                os.write(self.tap_fd, inbuf[4:4 + n])
+                            except OSError:
+                                pass
+                            del inbuf[:4 + n]
+        except OSError:
+            return
+        finally:
+            ep.close()
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
+def test_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500) -> Config:
+    """Guest profile with egress limited to loopback: nothing can leave the machine."""
+    return Config(net=NetConfig(mtu=mtu, dns=dns or ("127.0.0.1:53",), pcap=pcap,
+                                egress=EgressPolicy(allow=(PolicyRule.parse("127.0.0.0/8"),))))
+
+
+class GuestNet:
+    """A namespace guest behind minislirp; a context manager."""
+
+    def __init__(self, *, mtu: int = 1500, vnet_hdr: bool = False, stream: bool = False, dns: tuple[str, ...] = (),
+                 pcap: str = "", settings: MinislirpSettings | None = None, area: str = "msl") -> None:
+        self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        self.stream = stream
+        self.config = test_config(dns, pcap, mtu)
+        self.settings = settings
+        self.ns = Netns(area=area)
+        self.tmp = Path(tempfile.mkdtemp(prefix="kbn-msl-"))
+        self.tap: TapLink | None = None
+        self.link = None
+        self.relay: TapStreamRelay | None = None
+        self.session = None
+
+    def start(self) -> GuestNet:
+        self.ns.create()
+        try:
+            self.tap = TapLink.open_in_netns(self.ns.path, "tap0", mtu=self.mtu, vnet_hdr=self.vnet_hdr,
+                                             offload=self.vnet_hdr)
+            if self.stream:
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                enlarge_socket_buffers(b)
+                self.relay = TapStreamRelay(self.tap.fd, b).start()
+                self.link = StreamLink(a, mtu=self.mtu)
+            else:
+                self.link = self.tap
+            backend = MinislirpBackend()
+            cfg = self.config
+            if self.settings is not None:
+                cfg = Config(net=NetConfig(**{**{f: getattr(cfg.net, f) for f in
+                                                 ("mtu", "dns", "pcap", "egress")},
+                                              "plugins": {"minislirp": self.settings}}))
+                self.config = cfg
+            self.session = backend.open(self.link, SessionContext(config=cfg, runtime_dir=self.tmp))
+            self.session.start()
+            if not self.session.ready(5):
+                raise RuntimeError(f"minislirp session not ready: {self.session.wait(0)}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def dhcp(self, timeout: float = 20) -> str:
+        """Run busybox udhcpc in the namespace; returns its output (contains KBN_LEASE)."""
+        script = write_udhcpc_script(self.tmp / "udhcpc.sh")
+        resolv = self.tmp / "resolv.conf"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin:/usr/sbin:/sbin"), "RESOLV_CONF": str(resolv)}
+        import subprocess
+
+        out = subprocess.run([*self.ns.prefix(), "busybox", "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "5",
+                              "-T", "1", "-s", str(script), "-O", "mtu"], env=env, capture_output=True,
+                             text=True, timeout=timeout)
+        return out.stdout + out.stderr
+
+    def stop(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+            self.session.wait(5)
+        if self.relay is not None:
+            self.relay.stop()
+        if self.link is not None and self.link is not self.tap:
+            self.link.close()
+        if self.tap is not None:
+            self.tap.close()
+        self.ns.delete()
+
+    def __enter__(self) -> GuestNet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

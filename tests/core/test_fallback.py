@@ -29,3 +29,21 @@ def test_crashy_first_then_arp_responder_serves_the_same_connection(tmp_path, mo
     _, err = proc.communicate(timeout=20)
     assert "falling back from crashy to arp-responder" in err
     assert proc.returncode == 0, err
+
+
+@pytest.mark.netns
+def test_real_guest_gets_service_after_the_first_backend_dies(tmp_path):
+    """A real Linux stack (``kboxnet run``'s namespace) behind crashy, then arp-responder.
+
+    crashy dies on the guest's first frame; the supervisor starts arp-responder on the same tap
+    and the guest's ARP resolution of the gateway succeeds.
+    """
+    from .helpers import kboxnet
+
+    cfg = tmp_path / "kboxnet.toml"
+    cfg.write_text('[net]\nbackends = ["crashy", "arp-responder"]\n[net.crashy]\nenabled = true\n')
+    out = kboxnet("run", "--config", str(cfg), "-v", "--", "busybox", "arping", "-c", "3", "-w", "8",
+                  "-I", "tap0", "10.0.2.2")
+    assert "falling back from crashy to arp-responder" in out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Received" in out.stdout and "Received 0 " not in out.stdout

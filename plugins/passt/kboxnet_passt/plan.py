@@ -97,9 +97,6 @@ def _forward_args(net: NetConfig) -> tuple[list[str], list[str]]:
             args += [flag, "none"]
             continue
         for fwd in group:
-            if fwd.host_port == 0:
-                problems.append(f"passt needs a fixed host port (forward to guest port {fwd.guest} has port 0)")
-                continue
             args += [flag, f"{fwd.host_address}/{fwd.host_port}:{fwd.guest}"]
     return args, problems
 

@@ -13,11 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from kboxnet_passt.settings import PasstSettings
+
 from kboxnet_core.config import Config
 from kboxnet_core.config.model import Forward, IPv6Profile, NetConfig
 from kboxnet_core.links.tap import TapLink
 from kboxnet_core.testing.netns import HostNetns, Netns
-from kboxnet_passt.settings import PasstSettings
 
 
 class PasstTopology:

@@ -1,0 +1,186 @@
+"""What a target socket is, and which of its settings move to the host socket that replaces it.
+
+Options are copied only when they differ from a pristine socket of the same
+family created in the *namespace* (the child sends two such probes): copying
+everything would, e.g., lock buffer sizes and disable autotuning. Options
+that mean host-side privilege or routing (SO_MARK, SO_BINDTODEVICE,
+IP_TRANSPARENT, ...) are never copied; a socket with a mark, a bound device
+or a bound address is not eligible at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import attrs
+
+from . import abi
+
+IPPROTO_TCP = socket.IPPROTO_TCP
+IPPROTO_IP = socket.IPPROTO_IP
+IPPROTO_IPV6 = socket.IPPROTO_IPV6
+SOL_SOCKET = socket.SOL_SOCKET
+SO_RCVBUF, SO_SNDBUF = 8, 7
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
+
+
+@attrs.frozen
+class SockOpt:
+    """One copyable option: read with ``size`` bytes, written as read (buffers halved)."""
+
+    level: int
+    name: int
+    size: int = 4
+    label: str = ""
+
+
+_OPTS_COMMON = (
+    SockOpt(SOL_SOCKET, 9, label="SO_KEEPALIVE"),
+    SockOpt(SOL_SOCKET, SO_RCVBUF, label="SO_RCVBUF"),
+    SockOpt(SOL_SOCKET, SO_SNDBUF, label="SO_SNDBUF"),
+    SockOpt(SOL_SOCKET, 13, 8, "SO_LINGER"),
+    SockOpt(SOL_SOCKET, 20, 16, "SO_RCVTIMEO"),
+    SockOpt(SOL_SOCKET, 21, 16, "SO_SNDTIMEO"),
+    SockOpt(SOL_SOCKET, 12, label="SO_PRIORITY"),
+    SockOpt(SOL_SOCKET, 18, label="SO_RCVLOWAT"),
+    SockOpt(SOL_SOCKET, 10, label="SO_OOBINLINE"),
+    SockOpt(SOL_SOCKET, 2, label="SO_REUSEADDR"),
+    SockOpt(SOL_SOCKET, 15, label="SO_REUSEPORT"),
+    SockOpt(SOL_SOCKET, 49, label="SO_INCOMING_CPU"),
+    SockOpt(SOL_SOCKET, 47, 8, "SO_MAX_PACING_RATE"),
+    SockOpt(SOL_SOCKET, 60, label="SO_ZEROCOPY"),
+    SockOpt(SOL_SOCKET, 29, label="SO_TIMESTAMP"),
+    SockOpt(IPPROTO_TCP, 1, label="TCP_NODELAY"),
+    SockOpt(IPPROTO_TCP, 2, label="TCP_MAXSEG"),
+    SockOpt(IPPROTO_TCP, 3, label="TCP_CORK"),
+    SockOpt(IPPROTO_TCP, 4, label="TCP_KEEPIDLE"),
+    SockOpt(IPPROTO_TCP, 5, label="TCP_KEEPINTVL"),
+    SockOpt(IPPROTO_TCP, 6, label="TCP_KEEPCNT"),
+    SockOpt(IPPROTO_TCP, 7, label="TCP_SYNCNT"),
+    SockOpt(IPPROTO_TCP, 8, label="TCP_LINGER2"),
+    SockOpt(IPPROTO_TCP, 10, label="TCP_WINDOW_CLAMP"),
+    SockOpt(IPPROTO_TCP, 12, label="TCP_QUICKACK"),
+    SockOpt(IPPROTO_TCP, 13, 16, "TCP_CONGESTION"),
+    SockOpt(IPPROTO_TCP, 18, label="TCP_USER_TIMEOUT"),
+    SockOpt(IPPROTO_TCP, 25, label="TCP_NOTSENT_LOWAT"),
+)
+_OPTS_V4 = (
+    SockOpt(IPPROTO_IP, 1, label="IP_TOS"),
+    SockOpt(IPPROTO_IP, 2, label="IP_TTL"),
+    SockOpt(IPPROTO_IP, 10, label="IP_MTU_DISCOVER"),
+    SockOpt(IPPROTO_IP, 11, label="IP_RECVERR"),
+)
+_OPTS_V6 = (
+    SockOpt(IPPROTO_IPV6, 67, label="IPV6_TCLASS"),
+    SockOpt(IPPROTO_IPV6, 16, label="IPV6_UNICAST_HOPS"),
+    SockOpt(IPPROTO_IPV6, 26, label="IPV6_V6ONLY"),
+    SockOpt(IPPROTO_IPV6, 23, label="IPV6_MTU_DISCOVER"),
+    SockOpt(IPPROTO_IPV6, 25, label="IPV6_RECVERR"),
+)
+
+
+def copyable_options(family: int) -> tuple[SockOpt, ...]:
+    return _OPTS_COMMON + (_OPTS_V6 if family == socket.AF_INET6 else _OPTS_V4)
+
+
+Snapshot = dict[SockOpt, bytes]
+
+
+def snapshot(fd: int, family: int) -> Snapshot:
+    """Read every copyable option of ``fd`` (options the kernel refuses are left out)."""
+    snap: Snapshot = {}
+    for opt in copyable_options(family):
+        try:
+            snap[opt] = abi.getsockopt_bytes(fd, opt.level, opt.name, opt.size)
+        except OSError:
+            continue
+    return snap
+
+
+def differing(target: Snapshot, pristine: Snapshot) -> list[tuple[SockOpt, bytes]]:
+    """Options whose value on the target differs from a pristine namespace socket."""
+    return [(opt, value) for opt, value in target.items() if pristine.get(opt) != value]
+
+
+def apply(fd: int, changes: list[tuple[SockOpt, bytes]]) -> list[str]:
+    """Set ``changes`` on host socket ``fd``; returns the labels that could not be set."""
+    failed: list[str] = []
+    for opt, value in changes:
+        level, name = opt.level, opt.name
+        if level == SOL_SOCKET and name in (SO_RCVBUF, SO_SNDBUF):
+            # getsockopt reports twice what was asked for; FORCE keeps values above the sysctl max
+            name = SO_RCVBUFFORCE if name == SO_RCVBUF else SO_SNDBUFFORCE
+            value = struct.pack("=i", struct.unpack("=i", value)[0] // 2)
+        if opt.label == "TCP_CONGESTION":
+            value = value.split(b"\0", 1)[0]
+        try:
+            abi.setsockopt_bytes(fd, level, name, value)
+        except OSError:
+            failed.append(opt.label)
+    return failed
+
+
+@attrs.frozen
+class SocketInfo:
+    """What the supervisor needs to know about a target socket (read from its own copy)."""
+
+    domain: int
+    type: int
+    protocol: int
+    cookie: int
+    connected: bool
+    bound: bool
+    has_device: bool
+    mark: int
+
+    @property
+    def is_tcp(self) -> bool:
+        return (
+            self.domain in (socket.AF_INET, socket.AF_INET6)
+            and self.type == socket.SOCK_STREAM
+            and self.protocol in (0, IPPROTO_TCP)
+        )
+
+
+def _is_bound(raw: bytes) -> bool:
+    """A sockaddr with a non-wildcard address or a non-zero port."""
+    if len(raw) < 4:
+        return False
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET:
+        return raw[2:8] != bytes(6)
+    if family == socket.AF_INET6:
+        return raw[2:4] != bytes(2) or raw[8:24] != bytes(16)
+    return True
+
+
+def inspect(fd: int) -> SocketInfo | None:
+    """Describe the socket behind ``fd``; None when it is not a socket."""
+    try:
+        domain = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_DOMAIN)
+    except OSError:
+        return None
+    type_ = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_TYPE)
+    proto = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_PROTOCOL)
+    cookie = abi.netns_cookie(fd)
+    if domain not in (socket.AF_INET, socket.AF_INET6):
+        return SocketInfo(domain, type_, proto, cookie, False, False, False, 0)
+    try:
+        abi.sock_name(fd, peer=True)
+        connected = True
+    except OSError:
+        connected = False
+    try:
+        bound = _is_bound(abi.sock_name(fd))
+    except OSError:
+        bound = True
+    try:
+        device = abi.getsockopt_bytes(fd, abi.SOL_SOCKET, abi.SO_BINDTODEVICE, 16).strip(b"\0") != b""
+    except OSError:
+        device = False
+    try:
+        mark = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_MARK)
+    except OSError:
+        mark = 0
+    return SocketInfo(domain, type_, proto, cookie, connected, bound, device, mark)

@@ -1,0 +1,475 @@
+"""The notification loop: decides every trapped connect()/bind()/listen() of the sandbox.
+
+For ``connect(fd, addr, len)`` (see docs/host-bypass.md for the reasoning):
+
+1. open a pidfd for the calling thread, copy the sockaddr *once*
+   (``process_vm_readv``), then ``NOTIF_ID_VALID``;
+2. take a copy of the target's socket (``pidfd_getfd``) and look at it:
+
+   * a **host socket** (one we injected earlier; its netns cookie is ours): the
+     supervisor itself connects it to its own copy of the address if the policy
+     allows it (EACCES otherwise, and for AF_UNSPEC). Never CONTINUE.
+   * an eligible namespace socket (TCP, unbound, unconnected, no mark or device)
+     to a destination the policy allows: **bypass**. Create a host socket,
+     copy the options that differ from a pristine namespace socket, connect it
+     to our copy of the address (non-blocking; a blocking caller is answered
+     when the connect completes, out of order), install it at the same fd
+     number with ADDFD+SETFD (keeping close-on-exec), re-arm epoll, reply.
+     A failed connect is answered with its errno and nothing is installed.
+   * anything else: CONTINUE, i.e. the call runs on the namespace's own stack.
+
+``bind``/``listen`` on a host socket fail with EINVAL; otherwise they CONTINUE.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+
+import attrs
+
+from . import abi, sockstate
+from .epoll import EpollRearmer
+from .policy import AF_UNSPEC, BypassPolicy, Destination, parse_sockaddr, sockaddr_family
+from .target import epoll_registrations, fd_cloexec, open_pidfd
+
+log = logging.getLogger("kboxnet.bypass")
+
+MAX_SOCKADDR = 128
+
+
+@attrs.frozen
+class SandboxFacts:
+    """What the supervisor learns at spawn time.
+
+    :ivar host_cookie: SO_NETNS_COOKIE of the supervisor's (host) namespace.
+    :ivar ns_cookie: SO_NETNS_COOKIE of the sandbox namespace.
+    :ivar pristine: option snapshot of a fresh namespace TCP socket, per family.
+    """
+
+    host_cookie: int
+    ns_cookie: int
+    pristine: Mapping[int, sockstate.Snapshot]
+
+
+@attrs.frozen
+class SupervisorSettings:
+    policy: BypassPolicy
+    connect_timeout: float = 120.0
+    epoll_rearm: bool = True
+    log_connections: bool = True
+
+
+@attrs.define
+class _Pending:
+    """A bypass of a *blocking* connect, waiting for the host socket's handshake."""
+
+    notif: abi.Notification
+    fd: int
+    copy: int
+    host: int
+    dest: Destination
+    cloexec: bool
+    deadline: float
+    sndtimeo: bool
+
+
+def _timeval_seconds(raw: bytes | None) -> float:
+    if not raw or len(raw) < 16:
+        return 0.0
+    sec, usec = struct.unpack("=qq", raw[:16])
+    return sec + usec / 1e6
+
+
+class Supervisor:
+    """One notification listener (one spawned command and its descendants)."""
+
+    def __init__(self, listener: int, facts: SandboxFacts, settings: SupervisorSettings) -> None:
+        self.listener = listener
+        self.facts = facts
+        self.settings = settings
+        self._counters: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._new_pending: list[int] = []
+        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._rearmer = EpollRearmer()
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kboxnet-bypass", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def counters(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self._counters)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._count_lock:
+            self._counters[name] += n
+
+    # --- loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        try:
+            while True:
+                timeout_ms = None
+                if self._pending:
+                    nearest = min(p.deadline for p in self._pending.values())
+                    timeout_ms = max(0, min(1000, int((nearest - time.monotonic()) * 1000) + 1))
+                for fd, ev in poller.poll(timeout_ms):
+                    if fd == self._stop_r:
+                        return
+                    if fd == self.listener:
+                        if ev & select.POLLIN:
+                            self._receive_one()
+                        elif ev & (select.POLLHUP | select.POLLERR):
+                            return  # every task using the filter is gone
+                    elif fd in self._pending:
+                        poller.unregister(fd)
+                        self._complete_pending(self._pending.pop(fd))
+                for fd in self._expire_pending():
+                    try:
+                        poller.unregister(fd)
+                    except KeyError:
+                        pass
+                self._register_new_pending(poller)
+        except Exception:  # noqa: BLE001 - the supervisor must not die silently
+            log.exception("bypass supervisor crashed")
+            self._count("supervisor_crash")
+        finally:
+            for p in self._pending.values():
+                self._drop_pending(p, errno.EINTR)
+            self._pending.clear()
+            self._rearmer.close()
+            for fd in (self._stop_r, self._stop_w, self.listener):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._done.set()
+
+    def _register_new_pending(self, poller: select.poll) -> None:
+        for fd in self._new_pending:
+            if fd in self._pending:
+                poller.register(fd, select.POLLOUT)
+        self._new_pending = []
+
+    def _receive_one(self) -> None:
+        try:
+            notif = abi.notif_recv(self.listener)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINTR):
+                return  # the target was interrupted before we got it
+            raise
+        self._count("notifications")
+        replied = False
+        try:
+            if notif.arch != abi.AUDIT_ARCH_X86_64:
+                # the filter never notifies foreign arches; be safe if it ever does
+                self._reply(notif, err=errno.ENOSYS)
+            elif notif.nr == abi.NR_X86_64["connect"]:
+                self._on_connect(notif)
+            elif notif.nr in (abi.NR_X86_64["bind"], abi.NR_X86_64["listen"]):
+                self._on_bind_listen(notif)
+            else:
+                self._reply(notif, cont=True)
+            replied = True
+        finally:
+            if not replied:
+                self._count("errors")
+                log.error("bypass: internal error on pid=%d nr=%d; refusing the call", notif.pid, notif.nr)
+                self._reply(notif, err=errno.EACCES)
+
+    def _reply(self, notif: abi.Notification, val: int = 0, err: int = 0, cont: bool = False) -> bool:
+        ok = abi.notif_send(self.listener, notif.id, val, err, cont)
+        if not ok:
+            self._count("stale")
+        return ok
+
+    def _log(self, notif: abi.Notification, fd: int, dest: object, decision: str, level: int = logging.INFO) -> None:
+        if self.settings.log_connections and log.isEnabledFor(level):
+            log.log(level, "bypass pid=%d fd=%d dst=%s decision=%s", notif.pid, fd, dest, decision)
+
+    # --- connect -----------------------------------------------------------------------------
+
+    def _on_connect(self, notif: abi.Notification) -> None:
+        fd = notif.args[0] & 0xFFFFFFFF
+        addr_ptr = notif.args[1]
+        addrlen = notif.args[2] & 0xFFFFFFFF
+        try:
+            pidfd = open_pidfd(notif.pid)
+        except OSError:
+            self._count("stale")
+            return  # the thread is gone (killed): no one to answer
+        copy = -1
+        try:
+            raw: bytes | None = None
+            if 0 < addrlen <= MAX_SOCKADDR:
+                try:
+                    raw = abi.read_target_memory(notif.pid, addr_ptr, addrlen)
+                except OSError:
+                    raw = None
+            if not abi.notif_id_valid(self.listener, notif.id):
+                self._count("stale")
+                return
+            if raw is None or len(raw) != addrlen:
+                self._reply(notif, err=errno.EFAULT if addrlen else errno.EINVAL)
+                return
+            try:
+                copy = abi.pidfd_getfd(pidfd, fd)
+            except OSError as exc:
+                self._reply(notif, err=exc.errno or errno.EBADF)
+                return
+            info = sockstate.inspect(copy)
+            if info is None:
+                self._reply(notif, err=errno.ENOTSOCK)
+                return
+            family = sockaddr_family(raw)
+            dest = parse_sockaddr(raw)
+            if info.cookie == self.facts.host_cookie:
+                self._connect_host_socket(notif, fd, copy, info, family, dest)
+                copy = -1  # handed over
+                return
+            reason = self._ineligible(info, family, dest)
+            if reason:
+                self._count("namespace")
+                level = logging.INFO if family in (socket.AF_INET, socket.AF_INET6) else logging.DEBUG
+                self._log(notif, fd, dest or f"family={family}", f"namespace ({reason})", level)
+                self._reply(notif, cont=True)
+                return
+            assert dest is not None
+            self._bypass(notif, fd, copy, info, dest)
+            copy = -1  # handed over
+        finally:
+            os.close(pidfd)
+            if copy >= 0:
+                os.close(copy)
+
+    def _ineligible(self, info: sockstate.SocketInfo, family: int | None, dest: Destination | None) -> str:
+        if info.cookie != self.facts.ns_cookie:
+            return "other-netns"
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            return "not-inet"
+        if not info.is_tcp:
+            return "not-tcp"
+        if dest is None or dest.family != info.domain:
+            return "bad-address"
+        if info.connected:
+            return "connected"
+        if info.bound:
+            return "bound"
+        if info.has_device or info.mark:
+            return "device-or-mark"
+        if dest.scope_id:
+            return "scoped"
+        if not self.settings.policy.permits(dest):
+            return "policy"
+        return ""
+
+    def _bypass(
+        self, notif: abi.Notification, fd: int, copy: int, info: sockstate.SocketInfo, dest: Destination
+    ) -> None:
+        nonblock = bool(fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK)
+        try:
+            cloexec = fd_cloexec(notif.pid, fd)
+        except OSError:
+            cloexec = False
+        snap = sockstate.snapshot(copy, info.domain)
+        changes = sockstate.differing(snap, self.facts.pristine.get(info.domain, {}))
+        host = abi.socket_raw(info.domain, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 6)
+        failed = sockstate.apply(host, changes)
+        if failed:
+            log.debug("bypass: options not copied: %s", ",".join(failed))
+        err = abi.connect_raw(host, dest.sockaddr())
+        if err not in (0, errno.EINPROGRESS):
+            os.close(host)
+            os.close(copy)
+            self._count("bypass_failed")
+            self._log(notif, fd, dest, f"bypass-failed ({errno.errorcode.get(err, err)})")
+            self._reply(notif, err=err)
+            return
+        if nonblock or err == 0:
+            self._install(notif, fd, copy, host, dest, cloexec, blocking=not nonblock, result=err)
+            return
+        sndtimeo = _timeval_seconds(snap.get(sockstate.SockOpt(socket.SOL_SOCKET, 21, 16, "SO_SNDTIMEO")))
+        limit = sndtimeo or self.settings.connect_timeout
+        pending = _Pending(notif, fd, copy, host, dest, cloexec, time.monotonic() + limit, bool(sndtimeo))
+        self._pending[host] = pending
+        self._new_pending.append(host)
+
+    def _complete_pending(self, p: _Pending) -> None:
+        err = abi.getsockopt_int(p.host, socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            os.close(p.host)
+            os.close(p.copy)
+            self._count("bypass_failed")
+            self._log(p.notif, p.fd, p.dest, f"bypass-failed ({errno.errorcode.get(err, err)})")
+            self._reply(p.notif, err=err)
+            return
+        self._install(p.notif, p.fd, p.copy, p.host, p.dest, p.cloexec, blocking=True, result=0)
+
+    def _expire_pending(self) -> list[int]:
+        now = time.monotonic()
+        gone = []
+        for host, p in list(self._pending.items()):
+            if not abi.notif_id_valid(self.listener, p.notif.id):
+                self._drop_pending(p, 0)
+                gone.append(host)
+            elif now >= p.deadline:
+                if p.sndtimeo:  # Linux: a blocking connect that hits SO_SNDTIMEO says EINPROGRESS
+                    self._install(p.notif, p.fd, p.copy, p.host, p.dest, p.cloexec, True, errno.EINPROGRESS)
+                else:
+                    self._log(p.notif, p.fd, p.dest, "bypass-failed (ETIMEDOUT)")
+                    self._drop_pending(p, errno.ETIMEDOUT)
+                gone.append(host)
+        for host in gone:
+            self._pending.pop(host, None)
+        return gone
+
+    def _drop_pending(self, p: _Pending, err: int) -> None:
+        os.close(p.host)
+        os.close(p.copy)
+        if err:
+            self._count("bypass_failed")
+            self._reply(p.notif, err=err)
+        else:
+            self._count("stale")
+
+    def _install(
+        self,
+        notif: abi.Notification,
+        fd: int,
+        copy: int,
+        host: int,
+        dest: Destination,
+        cloexec: bool,
+        blocking: bool,
+        result: int,
+    ) -> None:
+        """ADDFD the host socket at ``fd``, drop the old one, re-arm epoll, answer ``result``."""
+        try:
+            if blocking:
+                fcntl.fcntl(host, fcntl.F_SETFL, fcntl.fcntl(host, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            regs = []
+            if self.settings.epoll_rearm:
+                regs = epoll_registrations(notif.pid, fd, os.fstat(copy).st_ino)
+            try:
+                abi.notif_addfd(self.listener, notif.id, host, fd, cloexec)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    self._count("stale")
+                    return
+                raise
+            os.close(copy)  # last reference to the old socket: its epoll items go with it
+            copy = -1
+            if regs:
+                count, error = self._rearmer.rearm(notif.pid, host, fd, regs)
+                self._count("epoll_rearmed", count)
+                if error:
+                    log.warning("bypass: epoll re-arm for pid=%d fd=%d failed: %s", notif.pid, fd, error)
+            self._count("bypassed")
+            decision = "bypass" if result == 0 else "bypass (EINPROGRESS)"
+            self._log(notif, fd, dest, decision)
+            self._reply(notif, err=result)
+        finally:
+            os.close(host)
+            if copy >= 0:
+                os.close(copy)
+
+    def _connect_host_socket(
+        self,
+        notif: abi.Notification,
+        fd: int,
+        copy: int,
+        info: sockstate.SocketInfo,
+        family: int | None,
+        dest: Destination | None,
+    ) -> None:
+        """A connect() on a socket we installed: only to allowed destinations, done by us."""
+        if family == AF_UNSPEC or dest is None or dest.family != info.domain or dest.scope_id:
+            self._count("host_refused")
+            self._log(notif, fd, dest or f"family={family}", "refused (host socket, bad address)", logging.WARNING)
+            os.close(copy)
+            self._reply(notif, err=errno.EACCES if family == AF_UNSPEC else errno.EAFNOSUPPORT)
+            return
+        if not self.settings.policy.permits(dest):
+            self._count("host_refused")
+            self._log(notif, fd, dest, "refused (host socket, policy)", logging.WARNING)
+            os.close(copy)
+            self._reply(notif, err=errno.EACCES)
+            return
+        if fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK:
+            err = abi.connect_raw(copy, dest.sockaddr())
+            os.close(copy)
+            self._count("host_reconnect")
+            self._reply(notif, err=err)
+            return
+
+        def blocking_connect() -> None:  # the shared file is blocking: do not stall the loop
+            try:
+                err = abi.connect_raw(copy, dest.sockaddr())
+            finally:
+                os.close(copy)
+            self._count("host_reconnect")
+            self._reply(notif, err=err)
+
+        threading.Thread(target=blocking_connect, name="kboxnet-bypass-reconnect", daemon=True).start()
+
+    # --- bind / listen -----------------------------------------------------------------------
+
+    def _on_bind_listen(self, notif: abi.Notification) -> None:
+        fd = notif.args[0] & 0xFFFFFFFF
+        try:
+            pidfd = open_pidfd(notif.pid)
+        except OSError:
+            self._count("stale")
+            return
+        try:
+            if not abi.notif_id_valid(self.listener, notif.id):
+                self._count("stale")
+                return
+            try:
+                copy = abi.pidfd_getfd(pidfd, fd)
+            except OSError:
+                self._reply(notif, cont=True)  # EBADF comes from the kernel
+                return
+            try:
+                cookie = abi.netns_cookie(copy)
+            except OSError:
+                cookie = 0
+            finally:
+                os.close(copy)
+            if cookie == self.facts.host_cookie:
+                self._count("host_refused")
+                call = "bind" if notif.nr == abi.NR_X86_64["bind"] else "listen"
+                self._log(notif, fd, call, "refused (host socket)", logging.WARNING)
+                self._reply(notif, err=errno.EINVAL)
+                return
+            self._reply(notif, cont=True)
+        finally:
+            os.close(pidfd)

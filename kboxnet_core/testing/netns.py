@@ -61,6 +61,23 @@ class Netns:
         if self._created:
             subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, check=False)
             self._created = False
+        etc = Path("/etc/netns") / self.name
+        if etc.is_dir():
+            for child in etc.iterdir():
+                child.unlink()
+            etc.rmdir()
+
+    def set_resolv_conf(self, nameservers: Sequence[str]) -> Path:
+        """Give commands run through ``ip netns exec`` this namespace's own resolv.conf.
+
+        ``ip netns exec`` bind-mounts ``/etc/netns/NAME/resolv.conf`` over
+        ``/etc/resolv.conf``; :meth:`delete` removes the file again.
+        """
+        etc = Path("/etc/netns") / self.name
+        etc.mkdir(parents=True, exist_ok=True)
+        path = etc / "resolv.conf"
+        path.write_text("".join(f"nameserver {ns}\n" for ns in nameservers))
+        return path
 
     def __enter__(self) -> Netns:
         return self.create()

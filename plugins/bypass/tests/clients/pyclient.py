@@ -1,0 +1,230 @@
+"""Clients run *inside* the bypassed namespace by the tests; each prints one JSON object."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+
+MSG_FASTOPEN = 0x20000000
+HOST = "127.0.0.1"
+
+
+def err_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def fetch(port: int, timeout: float = 5) -> dict:
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((HOST, port))
+        data = s.recv(100).decode()
+        return {"ok": True, "data": data, "local": list(s.getsockname())}
+    except OSError as exc:
+        return {"ok": False, "err": err_name(exc)}
+    finally:
+        s.close()
+
+
+def fdinfo_flags(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as fh:
+        for line in fh:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    return 0
+
+
+def mode_basic(allowed: int, denied: int) -> dict:
+    res = {"allowed": fetch(allowed), "denied": fetch(denied)}
+    # a server of the namespace itself: loopback stays on the namespace's own stack
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(1)
+    c = socket.create_connection(srv.getsockname(), timeout=5)
+    a, _ = srv.accept()
+    a.sendall(b"ns")
+    res["namespace_local"] = c.recv(10).decode()
+    # UDP connect + send in the namespace
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    userver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    userver.bind((HOST, 0))
+    u.connect(userver.getsockname())
+    u.send(b"udp")
+    res["udp"] = userver.recv(10).decode()
+    return res
+
+
+def mode_nonblock(port: int) -> dict:
+    s = socket.socket()
+    s.setblocking(False)
+    first = s.connect_ex((HOST, port))
+    r = select.poll()
+    r.register(s, select.POLLOUT)
+    ev = r.poll(5000)
+    so_error = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    s.setblocking(True)
+    s.settimeout(5)
+    data = s.recv(100).decode()
+    return {"first": errno.errorcode.get(first, first), "events": ev[0][1] if ev else 0,
+            "so_error": so_error, "data": data}
+
+
+def mode_opts(port: int) -> dict:
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
+    s.set_inheritable(True)
+    keep = socket.socket()  # stays close-on-exec
+    ino_before = os.fstat(s.fileno()).st_ino
+    s.connect((HOST, port))
+    keep.connect((HOST, port))
+    return {
+        "swapped": os.fstat(s.fileno()).st_ino != ino_before,
+        "nodelay": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        "keepalive": s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "keepidle": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        "sndbuf": s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        "tos": s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
+        "inheritable_cloexec": bool(fdinfo_flags(s.fileno()) & 0o2000000),
+        "default_cloexec": bool(fdinfo_flags(keep.fileno()) & 0o2000000),
+        "data": s.recv(100).decode(),
+    }
+
+
+def mode_thread(port: int) -> dict:
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(fetch(port)))
+    t.start()
+    t.join()
+    return out
+
+
+def mode_asyncio(port: int) -> dict:
+    async def main() -> dict:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 5)
+        data = await asyncio.wait_for(reader.readline(), 5)
+        local = writer.get_extra_info("sockname")
+        writer.close()
+        return {"data": data.decode(), "local": list(local)}
+
+    return asyncio.run(main())
+
+
+def mode_epoll(port: int, timeout: float) -> dict:
+    """Register with epoll *before* a non-blocking connect (as nginx does)."""
+    s = socket.socket()
+    s.setblocking(False)
+    ep = select.epoll()
+    ep.register(s.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP)
+    first = s.connect_ex((HOST, port))
+    events = ep.poll(timeout)
+    got = events[0][1] if events else 0
+    data = ""
+    if got & select.EPOLLIN:
+        data = s.recv(100).decode()
+    return {"first": errno.errorcode.get(first, first), "events": got, "data": data,
+            "hup": bool(got & select.EPOLLHUP)}
+
+
+def mode_fastopen(closed: int, denied: int) -> dict:
+    res: dict = {}
+    s = socket.socket()
+    s.setblocking(False)
+    res["connect_closed"] = errno.errorcode.get(s.connect_ex((HOST, closed)))
+    select.select([], [s], [], 2)
+    res["so_error"] = errno.errorcode.get(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    out = []
+    for _ in range(3):
+        try:
+            s.sendto(b"escape", MSG_FASTOPEN, (HOST, denied))
+            out.append("sent")
+        except OSError as exc:
+            out.append(err_name(exc))
+    res["failed_host_socket"] = out
+    f = socket.socket()
+    try:
+        f.sendto(b"escape", MSG_FASTOPEN, (HOST, denied))
+        res["fresh"] = "sent"
+    except OSError as exc:
+        res["fresh"] = err_name(exc)
+    g = socket.socket()
+    try:
+        g.sendmsg([b"escape"], [], MSG_FASTOPEN, (HOST, denied))
+        res["sendmsg"] = "sent"
+    except OSError as exc:
+        res["sendmsg"] = err_name(exc)
+    return res
+
+
+def mode_unspec(allowed: int, closed: int, denied: int) -> dict:
+    res: dict = {}
+    s = socket.create_connection((HOST, allowed), timeout=5)
+    res["greeting"] = s.recv(100).decode()
+    unspec = struct.pack("=H", 0) + bytes(14)
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.connect(s.fileno(), unspec, len(unspec))
+    res["unspec"] = "ok" if rc == 0 else errno.errorcode.get(ctypes.get_errno())
+    for key in ("again_denied", "again_denied_2"):
+        try:
+            s.connect((HOST, denied))
+            res[key] = "ok"
+        except OSError as exc:
+            res[key] = err_name(exc)
+    # a bypassed socket whose connect failed, then re-aimed
+    t = socket.socket()
+    t.setblocking(False)
+    res["closed_first"] = errno.errorcode.get(t.connect_ex((HOST, closed)))
+    select.select([], [t], [], 2)
+    res["closed_again"] = errno.errorcode.get(t.connect_ex((HOST, closed)))
+    res["then_denied"] = errno.errorcode.get(t.connect_ex((HOST, denied)), "ok")
+    return res
+
+
+def mode_bindlisten(allowed: int) -> dict:
+    s = socket.create_connection((HOST, allowed), timeout=5)
+    res = {}
+    for name, fn in (("bind", lambda: s.bind(("0.0.0.0", 0))), ("listen", lambda: s.listen(1))):
+        try:
+            fn()
+            res[name] = "ok"
+        except OSError as exc:
+            res[name] = err_name(exc)
+    # bind/listen on namespace sockets still work
+    n = socket.socket()
+    n.bind((HOST, 0))
+    n.listen(1)
+    res["namespace_listen"] = "ok"
+    return res
+
+
+def mode_iouring(allowed: int) -> dict:
+    s = socket.create_connection((HOST, allowed), timeout=5)  # now holds a host socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    params = ctypes.create_string_buffer(120)
+    fd = libc.syscall(425, 8, params)
+    res = {"greeting": s.recv(100).decode()}
+    res["io_uring_setup"] = "ok" if fd >= 0 else errno.errorcode.get(ctypes.get_errno())
+    return res
+
+
+def main() -> None:
+    mode, *args = sys.argv[1:]
+    fn = globals()[f"mode_{mode}"]
+    conv = [float(a) if "." in a else int(a) for a in args]
+    print(json.dumps(fn(*conv)))
+
+
+if __name__ == "__main__":
+    main()

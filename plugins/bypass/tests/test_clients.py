@@ -1,0 +1,160 @@
+"""Real clients inside a bypassed namespace: eligible connects reach host loopback servers."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from bypass_testlib import CLIENTS, PY, run_bypassed
+
+pytestmark = pytest.mark.netns
+
+PYCLIENT = str(CLIENTS / "pyclient.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_namespace_alone_cannot_reach_host_loopback(netns, servers, tmp_path):
+    """Control: with an empty allow-list nothing is bypassed and the host server is unreachable."""
+    allowed, denied = servers
+    run = run_bypassed(netns, [PY, PYCLIENT, "basic", str(allowed.port), str(denied.port)],
+                       allow=["10.255.255.255/32:1"], out_path=tmp_path / "o")
+    res = run.json()
+    assert res["allowed"] == {"ok": False, "err": "ECONNREFUSED"}
+    assert allowed.accepted == 0 and denied.accepted == 0
+    assert run.counters.get("bypassed", 0) == 0
+
+
+def test_basic_bypass_and_namespace_paths(netns, servers, tmp_path):
+    allowed, denied = servers
+    run = run_bypassed(netns, [PY, PYCLIENT, "basic", str(allowed.port), str(denied.port)],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    assert run.rc == 0
+    res = run.json()
+    assert res["allowed"]["ok"] and res["allowed"]["data"] == "ALLOWED\n"
+    assert res["denied"] == {"ok": False, "err": "ECONNREFUSED"}  # the namespace's own 127.0.0.1
+    assert res["namespace_local"] == "ns" and res["udp"] == "udp"
+    assert allowed.accepted == 1 and denied.accepted == 0
+    assert run.counters["bypassed"] == 1
+    assert run.counters["namespace"] >= 3  # denied + namespace-local TCP + UDP
+
+
+def test_nonblocking_connect_keeps_einprogress(netns, servers, tmp_path):
+    allowed, _ = servers
+    run = run_bypassed(netns, [PY, PYCLIENT, "nonblock", str(allowed.port)],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    res = run.json()
+    assert res["first"] in ("EINPROGRESS", 0)
+    assert res["events"] & 4 and res["so_error"] == 0  # POLLOUT
+    assert res["data"] == "ALLOWED\n"
+
+
+def test_options_and_cloexec_move_with_the_socket(netns, servers, tmp_path):
+    allowed, _ = servers
+    run = run_bypassed(netns, [PY, PYCLIENT, "opts", str(allowed.port)],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    res = run.json()
+    assert res["swapped"]
+    assert res["nodelay"] == 1 and res["keepalive"] == 1 and res["keepidle"] == 77
+    assert res["sndbuf"] == 2 * 65536
+    assert res["tos"] == 0x10
+    assert res["inheritable_cloexec"] is False and res["default_cloexec"] is True
+    assert res["data"] == "ALLOWED\n"
+    assert run.counters["bypassed"] == 2
+
+
+def test_connect_from_a_thread(netns, servers, tmp_path):
+    allowed, _ = servers
+    run = run_bypassed(netns, [PY, PYCLIENT, "thread", str(allowed.port)],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    assert run.json()["data"] == "ALLOWED\n"
+    assert allowed.accepted == 1
+
+
+def test_asyncio_client(netns, servers, tmp_path):
+    allowed, _ = servers
+    run = run_bypassed(netns, [PY, PYCLIENT, "asyncio", str(allowed.port)],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    res = run.json()
+    assert res["data"] == "ALLOWED\n" and res["local"][0] == "127.0.0.1"
+    assert run.counters["bypassed"] == 1
+
+
+def test_epoll_registered_before_connect(netns, servers, tmp_path):
+    allowed, _ = servers
+    argv = [PY, PYCLIENT, "epoll", str(allowed.port), "5.0"]
+    run = run_bypassed(netns, argv, allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    res = run.json()
+    assert res["events"] & 0x4 and not res["hup"]  # EPOLLOUT from the new socket
+    assert res["data"] == "ALLOWED\n"
+    assert run.counters["epoll_rearmed"] == 1
+
+
+def test_epoll_without_rearm_breaks(netns, servers, tmp_path):
+    """Shows why re-arm exists: without it the registration watches the dead namespace socket."""
+    allowed, _ = servers
+    argv = [PY, PYCLIENT, "epoll", str(allowed.port), "1.0"]
+    run = run_bypassed(netns, argv, allow=[f"127.0.0.1:{allowed.port}"], epoll_rearm=False,
+                       out_path=tmp_path / "o")
+    res = run.json()
+    assert res["data"] != "ALLOWED\n"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = b"host http ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_curl(netns, tmp_path):
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        run = run_bypassed(netns, ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{port}/"],
+                           allow=[f"127.0.0.1:{port}"], out_path=tmp_path / "o")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert run.rc == 0 and run.out == "host http ok\n"
+    assert run.counters["bypassed"] == 1
+
+
+def test_iperf3(netns, tmp_path):
+    if shutil.which("iperf3") is None:
+        pytest.skip("needs iperf3")
+    port = free_port()
+    srv = subprocess.Popen(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        run = run_bypassed(netns, ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "2", "-J"],
+                           allow=[f"127.0.0.1:{port}"], out_path=tmp_path / "o", timeout=30)
+    finally:
+        try:
+            srv.wait(5)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+    res = run.json()
+    assert run.rc == 0, res
+    bps = res["end"]["sum_received"]["bits_per_second"]
+    assert bps > 1e9  # a host loopback socket, not a frame backend
+    assert run.counters["bypassed"] >= 2  # control + data connections

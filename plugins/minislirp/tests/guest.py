@@ -18,15 +18,15 @@ import tempfile
 import threading
 from pathlib import Path
 
+from kboxnet_minislirp.plugin import MinislirpBackend
+from kboxnet_minislirp.settings import MinislirpSettings
+
 from kboxnet_core.backend import SessionContext
 from kboxnet_core.config.model import Config, EgressPolicy, NetConfig, PolicyRule
 from kboxnet_core.links.stream import StreamLink, enlarge_socket_buffers
 from kboxnet_core.links.tap import TapLink
 from kboxnet_core.testing.netns import Netns
 from kboxnet_core.testing.udhcpc import write_udhcpc_script
-
-from kboxnet_minislirp.plugin import MinislirpBackend
-from kboxnet_minislirp.settings import MinislirpSettings
 
 _LEN = struct.Struct(">I")
 
@@ -92,7 +92,7 @@ class TapStreamRelay:
         os.close(self._stop_w)
 
 
-def test_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500) -> Config:
+def guest_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500) -> Config:
     """Guest profile with egress limited to loopback: nothing can leave the machine."""
     return Config(net=NetConfig(mtu=mtu, dns=dns or ("127.0.0.1:53",), pcap=pcap,
                                 egress=EgressPolicy(allow=(PolicyRule.parse("127.0.0.0/8"),))))
@@ -106,7 +106,7 @@ class GuestNet:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.stream = stream
-        self.config = test_config(dns, pcap, mtu)
+        self.config = guest_config(dns, pcap, mtu)
         self.settings = settings
         self.ns = Netns(area=area)
         self.tmp = Path(tempfile.mkdtemp(prefix="kbn-msl-"))

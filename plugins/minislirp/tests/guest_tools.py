@@ -1,0 +1,100 @@
+"""Small programs run inside the guest namespace (with this Python) by the real-stack tests."""
+
+UDP_CLIENT = r"""
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((host, port))
+ok = 0
+for i in range(n):
+    msg = (b"ping-%d-" % i) * (1 + i % 50)
+    s.send(msg)
+    try:
+        if s.recv(65535) == msg:
+            ok += 1
+    except ConnectionRefusedError:
+        print("REFUSED"); sys.exit(0)
+    except socket.timeout:
+        print("TIMEOUT"); sys.exit(0)
+print("OK", ok)
+"""
+
+TCP_CONNECT = r"""
+import socket, sys, time
+t = time.monotonic()
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10).close()
+    print("CONNECTED", time.monotonic() - t)
+except ConnectionRefusedError:
+    print("REFUSED", time.monotonic() - t)
+except OSError as exc:
+    print("ERROR", exc, time.monotonic() - t)
+"""
+
+DNS_TCP = r"""
+import socket, struct, sys
+name = sys.argv[3]
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(struct.pack("!H", len(q)) + q)
+buf = b""
+while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+msg = buf[2:]
+print("ANSWERS", struct.unpack("!H", msg[6:8])[0], ".".join(str(b) for b in msg[-4:]))
+"""
+
+ECHO_SERVER_IN_GUEST = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(10)
+print("READY", flush=True)
+data, peer = s.recvfrom(65535)
+s.sendto(data, peer)
+"""
+
+MANY_FLOWS = r"""
+import hashlib, selectors, socket, sys, time
+host, port, n, expect = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sel = selectors.DefaultSelector()
+socks = []
+for i in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((host, port))
+    socks.append(s)
+    sel.register(s, selectors.EVENT_WRITE, [i, hashlib.sha256(), 0, False])
+done = ok = 0
+deadline = time.monotonic() + 240
+while done < n and time.monotonic() < deadline:
+    for key, ev in sel.select(1):
+        st = key.data
+        s = key.fileobj
+        if not st[3]:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                sel.unregister(s); s.close(); done += 1; continue
+            s.send(b"GET %d\n" % st[0])
+            st[3] = True
+            sel.modify(s, selectors.EVENT_READ, st)
+            continue
+        try:
+            data = s.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if data:
+            st[1].update(data); st[2] += len(data)
+        else:
+            sel.unregister(s); s.close(); done += 1
+            if st[1].hexdigest() == expect:
+                ok += 1
+print("DONE", done, "OK", ok)
+"""

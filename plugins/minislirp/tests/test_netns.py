@@ -1,0 +1,155 @@
+"""Real-stack tests: a Linux network namespace is the guest, minislirp serves its tap link.
+
+Every client is a real program in the namespace (busybox udhcpc/ping/nslookup,
+curl, python sockets). Egress is limited to 127.0.0.0/8 and DNS goes to a
+dnsmasq on loopback, so no guest traffic can leave the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import sys
+import threading
+
+import guest_tools
+import pytest
+from guest import GuestNet
+
+from kboxnet_core.testing.netns import netns_supported
+from kboxnet_core.testing.servers import HttpFileServer
+
+pytestmark = pytest.mark.netns
+
+KINDS = {"tap": {}, "tap-vnet": {"vnet_hdr": True}, "stream": {"stream": True}}
+
+
+@pytest.fixture(scope="module")
+def dns_server():
+    from kboxnet_core.testing.dnsmasq import Dnsmasq
+
+    if Dnsmasq.available():
+        pytest.skip(Dnsmasq.available())
+    with Dnsmasq(addresses={"example.test": "192.0.2.10"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def guest(request, dns_server, tmp_path_factory):
+    reason = netns_supported()
+    if reason:
+        pytest.skip(reason)
+    pcap = tmp_path_factory.mktemp("pcap") / f"{request.param}.pcap"
+    with GuestNet(dns=(f"127.0.0.1:{dns_server.port}",), pcap=str(pcap), **KINDS[request.param]) as g:
+        out = g.dhcp()
+        assert "KBN_LEASE ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3 mtu=1500 server=10.0.2.2" in out, out
+        g.pcap_path = pcap
+        yield g
+
+
+def run_in(g: GuestNet, argv: list[str], timeout: float = 30) -> str:
+    r = subprocess.run([*g.ns.prefix(), *argv], capture_output=True, text=True, timeout=timeout)
+    return r.stdout + r.stderr
+
+
+def py(g: GuestNet, code: str, *args: str, timeout: float = 60) -> str:
+    return run_in(g, [sys.executable, "-c", code, *args], timeout)
+
+
+def test_lease_configured_the_interface(guest):
+    out = run_in(guest, ["ip", "-4", "addr", "show", "tap0"])
+    assert "10.0.2.15/24" in out
+    assert "default via 10.0.2.2" in run_in(guest, ["ip", "route"])
+    assert guest.session.counters()["dhcp.ack"] >= 1
+
+
+def test_ping_gateway_and_dns(guest):
+    for addr in ("10.0.2.2", "10.0.2.3"):
+        out = run_in(guest, ["busybox", "ping", "-c", "3", "-W", "2", addr])
+        assert "3 packets received" in out, out
+
+
+def test_curl_1mib_from_host_loopback_via_gateway(guest):
+    with HttpFileServer() as http:
+        digest = http.add_file("blob.bin", 1 << 20, seed=7)
+        out = run_in(guest, ["sh", "-c", f"curl -sS --max-time 30 {http.url('blob.bin', '10.0.2.2')} | sha256sum"])
+        assert out.split()[0] == digest, out
+        assert any(r.startswith("127.0.0.1 ") for r in http.requests)
+
+
+def test_upload_1mib_to_host(guest):
+    data = bytes(range(256)) * 4096
+    received = bytearray()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def sink():
+        conn, _ = srv.accept()
+        with conn:
+            while chunk := conn.recv(1 << 16):
+                received.extend(chunk)
+
+    t = threading.Thread(target=sink, daemon=True)
+    t.start()
+    code = ("import socket,sys; s=socket.create_connection(('10.0.2.2', int(sys.argv[1])), timeout=20);"
+            "s.sendall(bytes(range(256))*4096); s.shutdown(socket.SHUT_WR); print('SENT', s.recv(1))")
+    out = py(guest, code, str(port))
+    t.join(20)
+    srv.close()
+    assert "SENT b''" in out, out
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_nslookup_udp_through_dnsmasq(guest):
+    out = run_in(guest, ["busybox", "nslookup", "www.example.test", "10.0.2.3"])
+    assert "192.0.2.10" in out, out
+
+
+def test_dns_over_tcp(guest):
+    out = py(guest, guest_tools.DNS_TCP, "10.0.2.3", "53", "tcp.example.test")
+    assert "ANSWERS 1 192.0.2.10" in out, out
+
+
+def test_udp_echo_with_host_server(guest, udp_echo):
+    out = py(guest, guest_tools.UDP_CLIENT, "10.0.2.2", str(udp_echo.port), "50")
+    assert "OK 50" in out, out
+    assert udp_echo.echoed == 50
+
+
+def test_udp_to_closed_port_reflects_icmp(guest):
+    port = _closed_port(socket.SOCK_DGRAM)
+    out = py(guest, guest_tools.UDP_CLIENT, "10.0.2.2", str(port), "1")
+    assert "REFUSED" in out, out
+
+
+def test_refused_host_port_gives_immediate_rst(guest):
+    port = _closed_port(socket.SOCK_STREAM)
+    out = py(guest, guest_tools.TCP_CONNECT, "10.0.2.2", str(port))
+    assert out.startswith("REFUSED"), out
+    assert float(out.split()[1]) < 1.0, out
+
+
+def test_egress_policy_denies_before_any_socket(guest):
+    before = guest.session.counters().get("drop.tcp_egress_denied", 0)
+    out = py(guest, guest_tools.TCP_CONNECT, "192.0.2.1", "80")
+    assert out.startswith("REFUSED"), out
+    assert guest.session.counters()["drop.tcp_egress_denied"] == before + 1
+
+
+def test_pcap_is_readable_by_tcpdump(guest):
+    guest.session.engine.pcap._file.flush()
+    out = subprocess.run(["tcpdump", "-nn", "-r", str(guest.pcap_path)], capture_output=True, text=True, timeout=30)
+    assert "reading from file" in out.stderr, out.stderr
+    assert "10.0.2.15.68 > " in out.stdout or "BOOTP/DHCP" in out.stdout, out.stdout[:2000]
+    assert "10.0.2.2 > 10.0.2.15: ICMP echo reply" in out.stdout
+
+
+def _closed_port(kind: int) -> int:
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

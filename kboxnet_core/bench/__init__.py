@@ -156,6 +156,9 @@ def _measure_path(path: GuestPath, host: HostNetns, mtu: int, args: argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kboxnet bench`` (the CLI passes the remaining arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     if args.repeats < 1:
         _log("kboxnet bench: --repeats must be >= 1")

@@ -136,7 +136,7 @@ class KboxnetPath(GuestPath):
     @contextmanager
     def attach(self, host: HostNetns, mtu: int) -> Iterator[Attached]:
         kboxnet = shutil.which("kboxnet") or "kboxnet"
-        yield Attached((*host.host.prefix(), kboxnet, "-q", "run", "--net", self.name, "--mtu", str(mtu),
+        yield Attached((*host.host.prefix(), kboxnet, "run", "-q", "--net", self.name, "--mtu", str(mtu),
                         "--"), "10.0.2.2")
 
 

@@ -102,13 +102,15 @@ class GuestNet:
     """A namespace guest behind minislirp; a context manager."""
 
     def __init__(self, *, mtu: int = 1500, vnet_hdr: bool = False, stream: bool = False, dns: tuple[str, ...] = (),
-                 pcap: str = "", settings: MinislirpSettings | None = None, area: str = "msl") -> None:
+                 pcap: str = "", settings: MinislirpSettings | None = None, area: str = "msl",
+                 netns: str | None = None) -> None:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.stream = stream
         self.config = guest_config(dns, pcap, mtu)
         self.settings = settings
-        self.ns = Netns(area=area)
+        self.ns = Netns(name=netns, area=area)
+        self.own_ns = netns is None
         self.tmp = Path(tempfile.mkdtemp(prefix="kbn-msl-"))
         self.tap: TapLink | None = None
         self.link = None
@@ -116,7 +118,8 @@ class GuestNet:
         self.session = None
 
     def start(self) -> GuestNet:
-        self.ns.create()
+        if self.own_ns:
+            self.ns.create()
         try:
             self.tap = TapLink.open_in_netns(self.ns.path, "tap0", mtu=self.mtu, vnet_hdr=self.vnet_hdr,
                                              offload=self.vnet_hdr)
@@ -165,7 +168,8 @@ class GuestNet:
             self.link.close()
         if self.tap is not None:
             self.tap.close()
-        self.ns.delete()
+        if self.own_ns:
+            self.ns.delete()
 
     def __enter__(self) -> GuestNet:
         return self.start()

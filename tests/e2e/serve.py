@@ -36,7 +36,7 @@ def kboxnet_serve(netns: Netns, socket_path: Path, backend: str, config: Path, l
     """``kboxnet serve --once`` in ``netns``; yields once it reports ready (``--ready-fd``)."""
     r, w = os.pipe()
     argv = [*kboxnet_argv(), "serve", "-v", "--socket", str(socket_path), "--backend", backend,
-            "--config", str(config), "--once", "--ready-fd", str(w)]
+            "--config", str(config), "--once", "--no-fallback", "--ready-fd", str(w)]
     with log.open("wb") as out:
         proc = netns.popen(argv, stdout=out, stderr=subprocess.STDOUT, pass_fds=(w,))
     os.close(w)

@@ -97,6 +97,7 @@ def test_guest_through_kboxnet_serve(backend, guest_image, tmp_path):
                     code = None
             serve_log = log.read_text(errors="replace")
             why = f"{_explain(report)}\nkboxnet serve log:\n{serve_log[-3000:]}"
+            assert f"backend {backend} ready" in serve_log, why  # served by the backend asked for
             assert report.exit_code == 0 and report.done, why
             assert report.lease.get("ip") == "10.0.2.15", why
             assert report.lease.get("router") == "10.0.2.2", why

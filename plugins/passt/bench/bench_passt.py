@@ -36,14 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from kboxnet_passt.plugin import PasstBackend  # noqa: E402
+from kboxnet_passt.process import PasstProcess  # noqa: E402
+from kboxnet_passt.relay import Relay, make_socketpair  # noqa: E402
 from topo import PasstTopology  # noqa: E402
 
 from kboxnet_core.backend import SessionContext  # noqa: E402
 from kboxnet_core.links.stream import StreamLink  # noqa: E402
 from kboxnet_core.testing.udhcpc import write_udhcpc_script  # noqa: E402
-from kboxnet_passt.plugin import PasstBackend  # noqa: E402
-from kboxnet_passt.process import PasstProcess  # noqa: E402
-from kboxnet_passt.relay import Relay, make_socketpair  # noqa: E402
 
 PORT = 5201
 

@@ -106,9 +106,14 @@ class PasstBackend(Backend):
     def choose_mode(self, link: Link, ctx: SessionContext, settings: PasstSettings, quirks: Quirks) -> str:
         if link.kind == "tap":
             if settings.mode == "pasta":
-                if ctx.netns is not None:
+                if ctx.netns is None:
+                    log.warning("passt: mode 'pasta' needs a namespace link (kboxnet run); using the relay")
+                elif quirks.any and settings.fixups == "auto":
+                    log.warning("passt: this old build needs repairs that pasta mode cannot make "
+                                "(%s); using the relay (set fixups = \"off\" to force pasta)",
+                                ", ".join(quirks.describe()))
+                else:
                     return "pasta"
-                log.warning("passt: mode 'pasta' needs a namespace link (kboxnet run); using the relay")
             return "relay"
         if quirks.any and settings.fixups == "auto":
             return "relay"

@@ -237,3 +237,38 @@ time.sleep(60)
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_pasta_mode_attaches_to_the_namespace_and_restores_the_tap(topo, host_services, tmp_path):
+    from kboxnet_core.backend import NetnsTarget
+
+    http, _dns = host_services
+    digest = http.add_file("blob.bin", size=4 << 20, seed=7)
+    cfg = topo.config(mode="pasta", fixups="off")
+    link = topo.open_tap()
+    # configured like kboxnet run's guest namespace: static profile on tap0
+    topo.guest.ip("addr", "add", "10.0.2.15/24", "dev", "tap0")
+    topo.guest.ip("route", "add", "default", "via", "10.0.2.2", "dev", "tap0")
+    ctx = SessionContext(cfg, tmp_path, NetnsTarget(topo.guest.path, "tap0", os.getpid()))
+    session = PasstBackend().open(link, ctx)
+    assert session.mode == "pasta"
+    session.start()
+    try:
+        assert session.ready(10), session.wait(0)
+        assert "--netns" in session.argv and "--config-net" in session.argv
+        route = topo.guest_run(["ip", "route", "show", "default"]).stdout
+        assert "dev tap0p" in route, route
+        out = tmp_path / "blob.bin"
+        r = curl(topo, http.url("blob.bin", host="10.0.2.2"), out)
+        assert r.returncode == 0, r.stderr
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+        pid = session.pids()[0]
+        os.kill(pid, 9)
+        result = session.wait(10)
+    finally:
+        session.stop()
+        session.wait(10)
+    assert result is not None and not result.ok and "SIGKILL" in result.reason, result
+    route = topo.guest_run(["ip", "route", "show", "default"]).stdout
+    assert "via 10.0.2.2 dev tap0" in route and "tap0p" not in route, route
+    assert "UP" in topo.guest_run(["ip", "link", "show", "tap0"]).stdout

@@ -219,11 +219,67 @@ def mode_iouring(allowed: int) -> dict:
     return res
 
 
+def _percentiles(samples: list[float]) -> dict:
+    samples.sort()
+    n = len(samples)
+    return {"n": n, "p50_us": samples[n // 2], "p99_us": samples[min(n - 1, int(n * 0.99))],
+            "mean_us": sum(samples) / n}
+
+
+def _connect_times(host: str, port: int, n: int) -> list[float]:
+    import time
+
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        t0 = time.perf_counter_ns()
+        s.connect((host, port))
+        out.append((time.perf_counter_ns() - t0) / 1000)
+        s.close()
+    return out
+
+
+def mode_latency(host: str, port: int, n: int) -> dict:
+    """connect() latency (socket() and close() not timed) to a server that accepts and closes."""
+    _connect_times(host, port, min(50, n))  # warm-up
+    return _percentiles(_connect_times(host, port, n))
+
+
+def mode_latency_local(n: int) -> dict:
+    """Same, to a server in this namespace (a forked process): the namespace stack path."""
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(4096)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            while True:
+                c, _ = srv.accept()
+                c.close()
+        finally:
+            os._exit(0)
+    port = srv.getsockname()[1]
+    srv.close()
+    try:
+        return mode_latency(HOST, port, n)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def _arg(text: str):
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     mode, *args = sys.argv[1:]
     fn = globals()[f"mode_{mode}"]
-    conv = [float(a) if "." in a else int(a) for a in args]
-    print(json.dumps(fn(*conv)))
+    print(json.dumps(fn(*[_arg(a) for a in args])))
 
 
 if __name__ == "__main__":

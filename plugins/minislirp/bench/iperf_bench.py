@@ -47,7 +47,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Path_:
-    def __init__(self, name: str, mtu: int) -> None:
+    def __init__(self, name: str, mtu: int, profile: str = "") -> None:
+        self.profile = profile
         self.name = name
         self.mtu = mtu
         self.ns = Netns(area="mslb")
@@ -67,7 +68,8 @@ class Path_:
                     time.sleep(0.05)
             else:
                 self.proc = subprocess.Popen([sys.executable, str(HERE / "serve.py"), "--netns", self.ns.name,
-                                              "--mtu", str(self.mtu), *PATHS[self.name]],
+                                              "--mtu", str(self.mtu), *PATHS[self.name],
+                                              *(["--profile", self.profile] if self.profile else [])],
                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 line = self.proc.stdout.readline()
                 if line.strip() != "READY":
@@ -111,6 +113,7 @@ def main() -> int:
     ap.add_argument("--mtu", type=int, action="append")
     ap.add_argument("--path", action="append", choices=sorted(PATHS))
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--profile", metavar="DIR", help="cProfile each minislirp run into DIR/<path>-<mtu>-<dir>.prof")
     args = ap.parse_args()
     mtus = args.mtu or [1500, 65520]
     names = args.path or ["minislirp-tap-offload", "minislirp-tap", "slirp4netns"]
@@ -124,7 +127,11 @@ def main() -> int:
             for reverse in (False, True):
                 for rep in range(args.repeats):
                     for name in names:  # interleaved: each path sees the same machine conditions
-                        with Path_(name, mtu) as p:
+                        prof = ""
+                        if args.profile and name != "slirp4netns":
+                            Path(args.profile).mkdir(parents=True, exist_ok=True)
+                            prof = f"{args.profile}/{name}-{mtu}-{'down' if reverse else 'up'}.prof"
+                        with Path_(name, mtu, prof) as p:
                             gbps, cpu, retr = p.iperf(port, args.time, reverse)
                         row = {"path": name, "mtu": mtu, "dir": "down" if reverse else "up", "rep": rep,
                                "gbps": round(gbps, 3), "cpu_pct": round(cpu, 1), "retr": retr}

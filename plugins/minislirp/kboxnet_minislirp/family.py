@@ -100,6 +100,21 @@ class IPv4:
         _H.pack_into(buf, off + 24, 0xFFFF - s if s else 0)
         return off + 34
 
+    def template(self, dmac: bytes, smac: bytes, src: bytes, dst: bytes, proto: int) -> tuple[bytes, int]:
+        """Ethernet + IPv4 header of a flow with length, id and checksum zero, and its checksum sum.
+
+        Use with :meth:`set_length` per frame (IP id 0: every packet has DF set, RFC 6864).
+        """
+        hdr = _ETH_IP4.pack(dmac, smac, ETH_P_IP, 0x45, 0, 0, 0, 0x4000, 64, proto, 0, src, dst)
+        return hdr, int.from_bytes(hdr[14:34], "big")
+
+    @staticmethod
+    def set_length(buf: bytearray, off: int, base: int, l4_len: int) -> None:
+        """Fill in total length and header checksum of a header written from :meth:`template`."""
+        s = (base + 20 + l4_len) % 0xFFFF  # 2**16 == 1 (mod 0xFFFF): a word's position does not matter
+        _H.pack_into(buf, off + 16, 20 + l4_len)
+        _H.pack_into(buf, off + 24, 0xFFFF - s if s else 0)
+
     @staticmethod
     def pseudo(src: bytes, dst: bytes, proto: int) -> int:
         """Unreduced pseudo-header sum without the L4 length (add it per packet)."""

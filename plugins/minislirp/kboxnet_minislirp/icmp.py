@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .checksum import checksum
+from .checksum import big_sum, checksum
 from .wire import HEADROOM, HOST_MAC, ICMP_ECHO
 
 if TYPE_CHECKING:
@@ -101,10 +101,7 @@ class Icmp:
 
     @staticmethod
     def _bad(data: memoryview) -> bool:
-        value = int.from_bytes(data, "big")
-        if len(data) & 1:
-            value <<= 8
-        return value % 0xFFFF != 0
+        return big_sum(data) % 0xFFFF != 0
 
     def _open(self, fam: IPv4, frame: memoryview, p: Packet, key: tuple, ident: int) -> EchoFlow | None:
         e = self.e

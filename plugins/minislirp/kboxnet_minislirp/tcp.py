@@ -28,7 +28,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .checksum import checksum, fold
+from .checksum import big_sum, checksum, fold
 from .wire import (
     HEADROOM,
     IPPROTO_TCP,
@@ -80,7 +80,7 @@ class TcpFlow:
         "seq_to_tap", "seq_ack_from_tap", "seq_max", "seq_from_tap", "seq_ack_to_tap",
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
-        "created", "force_ack", "wnd_wait", "closing_since",
+        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -115,6 +115,9 @@ class TcpFlow:
         self.force_ack = False
         self.wnd_wait = False
         self.closing_since = 0.0
+        self.pend: list[memoryview] = []
+        self.pend_len = 0
+        self.tmpl: tuple[bytes, int] | None = None
 
 
 def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int]:
@@ -192,10 +195,7 @@ class Tcp:
             c.drop("tcp_bad_doff")
             return
         if not csum_ok:
-            value = int.from_bytes(frame[l4:end], "big")
-            if l4len & 1:
-                value <<= 8
-            if (value + fam.pseudo(p.src, p.dst, IPPROTO_TCP) + l4len) % 0xFFFF:
+            if (big_sum(frame[l4:end]) + fam.pseudo(p.src, p.dst, IPPROTO_TCP) + l4len) % 0xFFFF:
                 c.drop("tcp_bad_checksum")
                 return
         flags = offfl & 0x3F
@@ -298,7 +298,7 @@ class Tcp:
         if flow.fin_from_tap:
             flow.force_ack = True
             return
-        exp = flow.seq_from_tap
+        exp = (flow.seq_from_tap + flow.pend_len) & MASK
         plen = end - off
         behind = (exp - seq) & MASK
         if behind:
@@ -315,21 +315,11 @@ class Tcp:
                 off += behind
                 plen -= behind
         if plen:
-            try:
-                k = flow.sock.send(frame[off:end])
-            except (BlockingIOError, InterruptedError):
-                k = 0
-            except OSError:
-                self.c["tcp.host_send_error"] += 1
-                self._reset(flow)
-                return
-            flow.seq_from_tap = (exp + k) & MASK
-            self.c["tcp.bytes_to_host"] += k
-            if k < plen:
-                self.c["tcp.host_short_send"] += 1
-                flow.force_ack = True
-                flow.wnd_wait = True
-                return
+            # gathered per batch and written with one sendmsg() in end_of_batch()
+            flow.pend.append(frame[off:end])
+            flow.pend_len += plen
+        if fin and not self._flush(flow):
+            return
         if fin:
             try:
                 flow.sock.shutdown(socket.SHUT_WR)
@@ -343,9 +333,38 @@ class Tcp:
                 self._close(flow)
                 self.ack_due.discard(flow)
 
+    def _flush(self, flow: TcpFlow) -> bool:
+        """Write the guest data gathered for ``flow``; True if the host socket took all of it."""
+        pend = flow.pend
+        if not pend:
+            return True
+        total = flow.pend_len
+        try:
+            k = flow.sock.sendmsg(pend) if len(pend) > 1 else flow.sock.send(pend[0])
+        except (BlockingIOError, InterruptedError):
+            k = 0
+        except OSError:
+            pend.clear()
+            flow.pend_len = 0
+            self.c["tcp.host_send_error"] += 1
+            self._reset(flow)
+            return False
+        pend.clear()
+        flow.pend_len = 0
+        flow.seq_from_tap = (flow.seq_from_tap + k) & MASK
+        self.c["tcp.bytes_to_host"] += k
+        if k < total:
+            self.c["tcp.host_short_send"] += 1
+            flow.force_ack = True
+            flow.wnd_wait = True
+            return False
+        return True
+
     def end_of_batch(self) -> None:
-        """Send one ACK per flow that got data in this batch of guest frames."""
+        """Write gathered guest data and send one ACK per flow that got data in this batch."""
         for flow in self.ack_due:
+            if flow.pend:
+                self._flush(flow)
             if flow.sock is None or flow.state != ESTABLISHED:
                 continue
             old = flow.wnd_to_tap
@@ -503,7 +522,12 @@ class Tcp:
         view = self._slot_views[slot]
         fam = flow.fam
         l4len = 20 + plen
-        l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, _HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_TCP, l4len)
+        tmpl = flow.tmpl
+        if tmpl is None:
+            tmpl = flow.tmpl = fam.template(e.guest_mac, _HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_TCP)
+        l4 = HEADROOM + len(tmpl[0])
+        buf[HEADROOM:l4] = tmpl[0]
+        fam.set_length(buf, HEADROOM, tmpl[1], l4len)
         TCP.pack_into(buf, l4, flow.rport, flow.gport, seq, flow.seq_from_tap, 0x5000 | flags,
                       flow.wnd_to_tap >> flow.ws_to_tap, 0, 0)
         end = l4 + l4len
@@ -626,6 +650,8 @@ class Tcp:
                 pass
         sock.close()
         flow.sock = None
+        flow.pend.clear()
+        flow.pend_len = 0
         self.flows.pop(flow.key, None)
         self.more.discard(flow)
         self.c["tcp.closed"] += 1

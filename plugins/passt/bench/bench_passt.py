@@ -10,7 +10,10 @@ Same run, same topology, same kind of link, interleaved (hand, kboxnet, hand,
   socket with the same options.
 * ``tap``: a tap link. kboxnet relays it to passt (with the old-passt repairs
   when they apply); by hand: the same relay class without repairs + passt.
-* ``pasta`` (optional, ``--pasta``): kboxnet's pasta mode on the namespace.
+* ``stream-default``: a stream link with the default ``fixups="auto"``: on
+  an old passt, kboxnet relays it (to repair the defects) while the passt
+  by hand gets the socket directly; this is the price of the repairs.
+* ``pasta``: kboxnet's pasta mode vs the same pasta command line by hand.
 
 Both directions (up = guest->host, down = host->guest with ``-R``), MTU 1500
 and 65520, ``--runs`` runs each (median reported, with retransmits, since
@@ -36,12 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import attrs  # noqa: E402
 from kboxnet_passt.plugin import PasstBackend  # noqa: E402
 from kboxnet_passt.process import PasstProcess  # noqa: E402
 from kboxnet_passt.relay import Relay, make_socketpair  # noqa: E402
 from topo import PasstTopology  # noqa: E402
 
-from kboxnet_core.backend import SessionContext  # noqa: E402
+from kboxnet_core.backend import NetnsTarget, SessionContext  # noqa: E402
 from kboxnet_core.links.stream import StreamLink  # noqa: E402
 from kboxnet_core.testing.udhcpc import write_udhcpc_script  # noqa: E402
 
@@ -91,33 +95,47 @@ class Setup:
 
     def start(self) -> None:
         t = self.topo
-        fixups = "off" if self.kind == "stream" else "auto"
-        mode = "pasta" if self.kind == "pasta" else "relay"
+        kind = self.kind
+        fixups = "off" if kind in ("stream", "pasta") else "auto"
+        mode = "pasta" if kind == "pasta" else "relay"
         cfg = t.config(mtu=self.mtu, fixups=fixups, mode=mode)
         backend = PasstBackend()
         tap = t.open_tap(self.mtu)
         self.parts.append(tap)
-        if self.kind == "stream":
+        ctx = SessionContext(cfg, Path(tempfile.mkdtemp(prefix="kbn-passt-bench-")))
+        if kind in ("stream", "stream-default"):
             vmm_end, link_end = make_socketpair()
             link = StreamLink(link_end, mtu=self.mtu, name="bench vmm")
             self.parts[:0] = [RelayThread(tap, vmm_end), vmm_end, link]
         else:
             link = tap
-        if self.kind == "pasta" and self.how == "kboxnet":
-            raise SystemExit("pasta mode is not benchmarked by this script")
-        session = backend.open(link, SessionContext(cfg, Path(tempfile.mkdtemp(prefix="kbn-passt-bench-"))))
+        if kind == "pasta":
+            t.guest.ip("addr", "add", "10.0.2.15/24", "dev", "tap0")
+            t.guest.ip("route", "add", "default", "via", "10.0.2.2", "dev", "tap0")
+            ctx = attrs.evolve(ctx, netns=NetnsTarget(t.guest.path, "tap0", os.getpid()))
+        session = backend.open(link, ctx)
         if self.how == "kboxnet":
             session.start()
             if not session.ready(10):
                 raise RuntimeError(f"session not ready: {session.wait(0)}")
             self.parts.insert(0, session)
             self.argv = session.argv
+        elif kind == "pasta":
+            # the same pasta command line, by hand, with the tap set down as the session does
+            session._set_guest_link(False)
+            proc = PasstProcess(session.argv, name="pasta-by-hand")
+            if not proc.wait_ready(10):
+                raise RuntimeError(proc.exit_description())
+            self.parts.insert(0, proc)
+            self.argv = proc.argv
         else:
-            # the same command line, started by hand on the same kind of link
-            if self.kind == "stream":
+            # the same passt options, started by hand: --fd on the link's socket for stream links
+            # (what a user would do without kboxnet), a socketpair + plain relay for tap links
+            by_hand = backend.open(link, attrs.evolve(ctx, config=t.config(mtu=self.mtu, fixups="off")))
+            if kind in ("stream", "stream-default"):
                 fd = link.socket.fileno()
                 link.socket.setblocking(True)
-                proc = PasstProcess(session._argv_for_fd(fd), pass_fds=(fd,), name="passt-by-hand")
+                proc = PasstProcess(by_hand._argv_for_fd(fd), pass_fds=(fd,), name="passt-by-hand")
             else:
                 ours, theirs = make_socketpair()
                 proc = PasstProcess(session._argv_for_fd(theirs.fileno()), pass_fds=(theirs.fileno(),),
@@ -129,10 +147,11 @@ class Setup:
                 raise RuntimeError(proc.exit_description())
             self.parts.insert(0, proc)
             self.argv = proc.argv
-        r = t.guest_run(["busybox", "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "5", "-T", "1",
-                         "-s", str(self.script), "-O", "mtu"], timeout=20)
-        if r.returncode != 0:
-            raise RuntimeError(r.stdout + r.stderr)
+        if kind != "pasta":
+            r = t.guest_run(["busybox", "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "5", "-T", "1",
+                             "-s", str(self.script), "-O", "mtu"], timeout=20)
+            if r.returncode != 0:
+                raise RuntimeError(r.stdout + r.stderr)
 
     def stop(self) -> None:
         for part in self.parts:

@@ -28,11 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from kboxnet_core.backend import NetnsTarget
-
 from kboxnet_bypass.config import BypassConfig
 from kboxnet_bypass.runner import HostBypassRunner
 from kboxnet_bypass.supervisor import SupervisorSettings
+
+from kboxnet_core.backend import NetnsTarget
 
 HERE = Path(__file__).resolve().parent
 PYCLIENT = str(HERE.parent / "tests" / "clients" / "pyclient.py")

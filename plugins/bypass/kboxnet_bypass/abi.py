@@ -13,11 +13,14 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import socket
 import struct
+import threading
 
 import attrs
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_tls = threading.local()  # per-thread reusable ctypes buffers for the hot path
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
@@ -35,6 +38,8 @@ NR_X86_64 = {
     "listen": 50,
     "sendmmsg": 307,
     "io_uring_setup": 425,
+    "epoll_create": 213,
+    "epoll_create1": 291,
 }
 #: i386 table (a 64-bit task can use it through ``int 0x80``).
 NR_I386 = {
@@ -62,11 +67,14 @@ SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_USER_NOTIF = 0x7FC00000
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 SECCOMP_ADDFD_FLAG_SETFD = 1
+SECCOMP_ADDFD_FLAG_SEND = 2
 
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
 SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
+SECCOMP_IOCTL_NOTIF_SET_FLAGS = 0x40082104
+SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
 
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNET = 0x40000000
@@ -157,6 +165,26 @@ def notif_addfd(listener: int, nid: int, srcfd: int, newfd: int, cloexec: bool) 
     return fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(req), True)
 
 
+def notif_set_sync_wakeup(listener: int) -> bool:
+    """Ask for synchronous wake-ups of the target (Linux 6.6+); False when unsupported."""
+    try:
+        fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+    except OSError:
+        return False
+    return True
+
+
+def notif_addfd_send(listener: int, nid: int, srcfd: int, cloexec: bool) -> int:
+    """ADDFD with SEND: install ``srcfd`` at the lowest free fd and answer with that number."""
+    flags = os.O_CLOEXEC if cloexec else 0
+    req = _ADDFD.pack(nid, SECCOMP_ADDFD_FLAG_SEND, srcfd, 0, flags)
+    return fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(req), True)
+
+
+def epoll_create() -> int:
+    return _check(_libc.epoll_create1(os.O_CLOEXEC), "epoll_create1")
+
+
 # --- process helpers -----------------------------------------------------------------------------
 
 
@@ -202,15 +230,25 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
+def _vm_state() -> tuple:
+    try:
+        return _tls.vm
+    except AttributeError:
+        buf = ctypes.create_string_buffer(4096)
+        local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), 0)
+        remote = _IoVec(0, 0)
+        _tls.vm = (buf, local, remote, ctypes.byref(local), ctypes.byref(remote))
+        return _tls.vm
+
+
 def read_target_memory(pid: int, addr: int, size: int) -> bytes:
-    """``process_vm_readv``: copy ``size`` bytes at ``addr`` out of task ``pid``."""
-    buf = ctypes.create_string_buffer(size)
-    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
-    remote = _IoVec(addr, size)
-    n = _check(
-        _syscall(NR_PROCESS_VM_READV, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0),
-        "process_vm_readv",
-    )
+    """``process_vm_readv``: copy ``size`` (<= 4096) bytes at ``addr`` out of task ``pid``."""
+    if size > 4096:
+        raise ValueError("read_target_memory: at most 4096 bytes")
+    buf, local, remote, plocal, premote = _vm_state()
+    local.len = remote.len = size
+    remote.base = addr
+    n = _check(_syscall(NR_PROCESS_VM_READV, pid, plocal, 1, premote, 1, 0), "process_vm_readv")
     return buf.raw[:n]
 
 
@@ -222,6 +260,34 @@ def getsockopt_bytes(fd: int, level: int, opt: int, size: int) -> bytes:
     ln = ctypes.c_uint32(size)
     _check(_libc.getsockopt(fd, level, opt, buf, ctypes.byref(ln)), "getsockopt")
     return buf.raw[: ln.value]
+
+
+_getsockopt = _libc.getsockopt
+
+
+def getsockopt_or_none(fd: int, level: int, opt: int, size: int) -> bytes | None:
+    """Fast getsockopt (a per-thread buffer, no exception); None when the kernel refuses."""
+    try:
+        buf, ln, lnp = _tls.gso
+    except AttributeError:
+        ln = ctypes.c_uint32(0)
+        buf, lnp = ctypes.create_string_buffer(64), ctypes.byref(ln)
+        _tls.gso = (buf, ln, lnp)
+    ln.value = size
+    if _getsockopt(fd, level, opt, buf, lnp) != 0:
+        return None
+    return buf.raw[: ln.value]
+
+
+def borrow_socket(fd: int) -> socket.socket | None:
+    """A ``socket.socket`` view of ``fd`` for fast getsockopt; the caller must ``detach()`` it.
+
+    None when a global default timeout is set: wrapping would then switch the
+    *shared* file to non-blocking, which the target would see.
+    """
+    if socket.getdefaulttimeout() is not None:
+        return None
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
 
 
 def getsockopt_int(fd: int, level: int, opt: int) -> int:
@@ -236,12 +302,18 @@ def netns_cookie(fd: int) -> int:
     return _U64.unpack(getsockopt_bytes(fd, SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
 
 
-def sock_name(fd: int, peer: bool = False) -> bytes:
-    """Raw ``getsockname``/``getpeername``; raises OSError (ENOTCONN for an unconnected peer)."""
-    buf = ctypes.create_string_buffer(128)
-    ln = ctypes.c_uint32(128)
+def sock_name(fd: int, peer: bool = False) -> bytes | None:
+    """Raw ``getsockname``/``getpeername``; None on error (ENOTCONN for an unconnected peer)."""
+    try:
+        buf, ln, lnp = _tls.name
+    except AttributeError:
+        ln = ctypes.c_uint32(0)
+        buf, lnp = ctypes.create_string_buffer(128), ctypes.byref(ln)
+        _tls.name = (buf, ln, lnp)
+    ln.value = 128
     fn = _libc.getpeername if peer else _libc.getsockname
-    _check(fn(fd, buf, ctypes.byref(ln)), "getpeername" if peer else "getsockname")
+    if fn(fd, buf, lnp) != 0:
+        return None
     return buf.raw[: ln.value]
 
 

@@ -8,6 +8,9 @@ What it does, in order:
   ``io_uring_setup``: ENOSYS. Any other architecture is killed.
 * x32 (``nr | 0x40000000``): ENOSYS for everything.
 * ``connect``, ``bind``, ``listen``: user notification (the supervisor decides).
+* ``epoll_create``/``epoll_create1``: user notification, only so that the
+  supervisor knows which epoll instances exist (it creates them itself and
+  hands them over with ADDFD+SEND).
 * ``sendto``/``sendmmsg``/``sendmsg`` with ``MSG_FASTOPEN``: EOPNOTSUPP (a
   fast-open send would connect a host socket behind the supervisor's back).
 * ``io_uring_setup``: ENOSYS (io_uring's connect never passes through seccomp).
@@ -99,6 +102,8 @@ def filter_ops() -> list[Op]:
         ("jeq", NR_X86_64["connect"], "notify"),
         ("jeq", NR_X86_64["bind"], "notify"),
         ("jeq", NR_X86_64["listen"], "notify"),
+        ("jeq", NR_X86_64["epoll_create1"], "notify"),
+        ("jeq", NR_X86_64["epoll_create"], "notify"),
         ("jeq", NR_X86_64["io_uring_setup"], "enosys"),
         ("jeq", NR_X86_64["sendto"], "flags_a3"),
         ("jeq", NR_X86_64["sendmmsg"], "flags_a3"),

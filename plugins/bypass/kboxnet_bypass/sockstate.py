@@ -45,9 +45,6 @@ _OPTS_COMMON = (
     SockOpt(SOL_SOCKET, 12, label="SO_PRIORITY"),
     SockOpt(SOL_SOCKET, 18, label="SO_RCVLOWAT"),
     SockOpt(SOL_SOCKET, 10, label="SO_OOBINLINE"),
-    SockOpt(SOL_SOCKET, 2, label="SO_REUSEADDR"),
-    SockOpt(SOL_SOCKET, 15, label="SO_REUSEPORT"),
-    SockOpt(SOL_SOCKET, 49, label="SO_INCOMING_CPU"),
     SockOpt(SOL_SOCKET, 47, 8, "SO_MAX_PACING_RATE"),
     SockOpt(SOL_SOCKET, 60, label="SO_ZEROCOPY"),
     SockOpt(SOL_SOCKET, 29, label="SO_TIMESTAMP"),
@@ -80,27 +77,48 @@ _OPTS_V6 = (
 )
 
 
+_BY_FAMILY = {
+    socket.AF_INET: _OPTS_COMMON + _OPTS_V4,
+    socket.AF_INET6: _OPTS_COMMON + _OPTS_V6,
+}
+_PLAIN = {fam: tuple((o.level, o.name, o.size) for o in opts) for fam, opts in _BY_FAMILY.items()}
+SO_SNDTIMEO_INDEX = _OPTS_COMMON.index(SockOpt(SOL_SOCKET, 21, 16, "SO_SNDTIMEO"))
+
+
 def copyable_options(family: int) -> tuple[SockOpt, ...]:
-    return _OPTS_COMMON + (_OPTS_V6 if family == socket.AF_INET6 else _OPTS_V4)
+    return _BY_FAMILY[socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET]
 
 
-Snapshot = dict[SockOpt, bytes]
+#: option values in :func:`copyable_options` order; None where the kernel refused to read it
+Snapshot = tuple
 
 
 def snapshot(fd: int, family: int) -> Snapshot:
-    """Read every copyable option of ``fd`` (options the kernel refuses are left out)."""
-    snap: Snapshot = {}
-    for opt in copyable_options(family):
-        try:
-            snap[opt] = abi.getsockopt_bytes(fd, opt.level, opt.name, opt.size)
-        except OSError:
-            continue
-    return snap
+    """Read every copyable option of ``fd`` (hot path: one getsockopt per option)."""
+    plain = _PLAIN[socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET]
+    sk = abi.borrow_socket(fd)
+    if sk is None:
+        read = abi.getsockopt_or_none
+        return tuple(read(fd, level, name, size) for level, name, size in plain)
+    values: list[bytes | None] = []
+    get = sk.getsockopt
+    try:
+        for level, name, size in plain:
+            try:
+                values.append(get(level, name, size))
+            except OSError:
+                values.append(None)
+    finally:
+        sk.detach()
+    return tuple(values)
 
 
-def differing(target: Snapshot, pristine: Snapshot) -> list[tuple[SockOpt, bytes]]:
+def differing(target: Snapshot, pristine: Snapshot | None, family: int) -> list[tuple[SockOpt, bytes]]:
     """Options whose value on the target differs from a pristine namespace socket."""
-    return [(opt, value) for opt, value in target.items() if pristine.get(opt) != value]
+    opts = copyable_options(family)
+    if not pristine:
+        pristine = (None,) * len(opts)
+    return [(opt, value) for opt, value, base in zip(opts, target, pristine) if value is not None and value != base]
 
 
 def apply(fd: int, changes: list[tuple[SockOpt, bytes]]) -> list[str]:
@@ -157,30 +175,54 @@ def _is_bound(raw: bytes) -> bool:
 
 def inspect(fd: int) -> SocketInfo | None:
     """Describe the socket behind ``fd``; None when it is not a socket."""
+    sk = abi.borrow_socket(fd)
+    if sk is None:
+        return _inspect_raw(fd)
     try:
-        domain = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_DOMAIN)
-    except OSError:
+        get = sk.getsockopt
+        try:
+            domain = get(SOL_SOCKET, abi.SO_DOMAIN)
+        except OSError:
+            return None
+        type_ = get(SOL_SOCKET, abi.SO_TYPE)
+        proto = get(SOL_SOCKET, abi.SO_PROTOCOL)
+        try:
+            cookie = struct.unpack("=Q", get(SOL_SOCKET, abi.SO_NETNS_COOKIE, 8))[0]
+        except (OSError, struct.error):
+            cookie = 0
+        if domain not in (socket.AF_INET, socket.AF_INET6):
+            return SocketInfo(domain, type_, proto, cookie, False, False, False, 0)
+        device = get(SOL_SOCKET, abi.SO_BINDTODEVICE, 16).strip(b"\0") != b""
+        mark = get(SOL_SOCKET, abi.SO_MARK)
+    finally:
+        sk.detach()
+    connected = abi.sock_name(fd, peer=True) is not None
+    name = abi.sock_name(fd)
+    bound = True if name is None else _is_bound(name)
+    return SocketInfo(domain, type_, proto, cookie, connected, bound, device, mark)
+
+
+def _inspect_raw(fd: int) -> SocketInfo | None:
+    read = abi.getsockopt_or_none
+    dom = read(fd, SOL_SOCKET, abi.SO_DOMAIN, 4)
+    if dom is None:
         return None
-    type_ = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_TYPE)
-    proto = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_PROTOCOL)
-    cookie = abi.netns_cookie(fd)
+    domain = _int(dom)
+    type_ = _int(read(fd, SOL_SOCKET, abi.SO_TYPE, 4))
+    proto = _int(read(fd, SOL_SOCKET, abi.SO_PROTOCOL, 4))
+    raw_cookie = read(fd, SOL_SOCKET, abi.SO_NETNS_COOKIE, 8)
+    cookie = struct.unpack("=Q", raw_cookie)[0] if raw_cookie and len(raw_cookie) == 8 else 0
     if domain not in (socket.AF_INET, socket.AF_INET6):
         return SocketInfo(domain, type_, proto, cookie, False, False, False, 0)
-    try:
-        abi.sock_name(fd, peer=True)
-        connected = True
-    except OSError:
-        connected = False
-    try:
-        bound = _is_bound(abi.sock_name(fd))
-    except OSError:
-        bound = True
-    try:
-        device = abi.getsockopt_bytes(fd, abi.SOL_SOCKET, abi.SO_BINDTODEVICE, 16).strip(b"\0") != b""
-    except OSError:
-        device = False
-    try:
-        mark = abi.getsockopt_int(fd, abi.SOL_SOCKET, abi.SO_MARK)
-    except OSError:
-        mark = 0
+    connected = abi.sock_name(fd, peer=True) is not None
+    name = abi.sock_name(fd)
+    bound = True if name is None else _is_bound(name)
+    device = (read(fd, SOL_SOCKET, abi.SO_BINDTODEVICE, 16) or b"").strip(b"\0") != b""
+    mark = _int(read(fd, SOL_SOCKET, abi.SO_MARK, 4))
     return SocketInfo(domain, type_, proto, cookie, connected, bound, device, mark)
+
+
+def _int(raw: bytes | None) -> int:
+    if not raw or len(raw) < 4:
+        return 0
+    return struct.unpack_from("=i", raw)[0]

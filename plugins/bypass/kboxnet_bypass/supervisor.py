@@ -40,7 +40,7 @@ import attrs
 from . import abi, sockstate
 from .epoll import EpollRearmer
 from .policy import AF_UNSPEC, BypassPolicy, Destination, parse_sockaddr, sockaddr_family
-from .target import epoll_registrations, fd_cloexec, open_pidfd
+from .target import EpollFdCache, epoll_registrations, fd_cloexec, open_pidfd
 
 log = logging.getLogger("kboxnet.bypass")
 
@@ -83,6 +83,12 @@ class _Pending:
     sndtimeo: bool
 
 
+def _writable_now(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return bool(p.poll(0))
+
+
 def _timeval_seconds(raw: bytes | None) -> float:
     if not raw or len(raw) < 16:
         return 0.0
@@ -101,6 +107,8 @@ class Supervisor:
         self._count_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._new_pending: list[int] = []
+        self._epoll_seen = False
+        self._epoll_fds = EpollFdCache()
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rearmer = EpollRearmer()
         self._thread: threading.Thread | None = None
@@ -132,6 +140,7 @@ class Supervisor:
     # --- loop --------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        abi.notif_set_sync_wakeup(self.listener)
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
@@ -196,6 +205,8 @@ class Supervisor:
                 self._on_connect(notif)
             elif notif.nr in (abi.NR_X86_64["bind"], abi.NR_X86_64["listen"]):
                 self._on_bind_listen(notif)
+            elif notif.nr in (abi.NR_X86_64["epoll_create1"], abi.NR_X86_64["epoll_create"]):
+                self._on_epoll_create(notif)
             else:
                 self._reply(notif, cont=True)
             replied = True
@@ -300,7 +311,7 @@ class Supervisor:
         except OSError:
             cloexec = False
         snap = sockstate.snapshot(copy, info.domain)
-        changes = sockstate.differing(snap, self.facts.pristine.get(info.domain, {}))
+        changes = sockstate.differing(snap, self.facts.pristine.get(info.domain), info.domain)
         host = abi.socket_raw(info.domain, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 6)
         failed = sockstate.apply(host, changes)
         if failed:
@@ -313,10 +324,20 @@ class Supervisor:
             self._log(notif, fd, dest, f"bypass-failed ({errno.errorcode.get(err, err)})")
             self._reply(notif, err=err)
             return
+        if err == errno.EINPROGRESS and not nonblock and _writable_now(host):
+            # loopback and other fast paths: the handshake already finished
+            err = abi.getsockopt_int(host, socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                os.close(host)
+                os.close(copy)
+                self._count("bypass_failed")
+                self._log(notif, fd, dest, f"bypass-failed ({errno.errorcode.get(err, err)})")
+                self._reply(notif, err=err)
+                return
         if nonblock or err == 0:
             self._install(notif, fd, copy, host, dest, cloexec, blocking=not nonblock, result=err)
             return
-        sndtimeo = _timeval_seconds(snap.get(sockstate.SockOpt(socket.SOL_SOCKET, 21, 16, "SO_SNDTIMEO")))
+        sndtimeo = _timeval_seconds(snap[sockstate.SO_SNDTIMEO_INDEX])
         limit = sndtimeo or self.settings.connect_timeout
         pending = _Pending(notif, fd, copy, host, dest, cloexec, time.monotonic() + limit, bool(sndtimeo))
         self._pending[host] = pending
@@ -376,8 +397,10 @@ class Supervisor:
             if blocking:
                 fcntl.fcntl(host, fcntl.F_SETFL, fcntl.fcntl(host, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             regs = []
-            if self.settings.epoll_rearm:
-                regs = epoll_registrations(notif.pid, fd, os.fstat(copy).st_ino)
+            if self.settings.epoll_rearm and self._epoll_seen:
+                epfds = self._epoll_fds.get(notif.pid)
+                if epfds:
+                    regs = epoll_registrations(notif.pid, fd, os.fstat(copy).st_ino, epfds)
             try:
                 abi.notif_addfd(self.listener, notif.id, host, fd, cloexec)
             except OSError as exc:
@@ -385,17 +408,17 @@ class Supervisor:
                     self._count("stale")
                     return
                 raise
-            os.close(copy)  # last reference to the old socket: its epoll items go with it
-            copy = -1
             if regs:
+                os.close(copy)  # last reference to the old socket: its epoll items go with it
+                copy = -1
                 count, error = self._rearmer.rearm(notif.pid, host, fd, regs)
                 self._count("epoll_rearmed", count)
                 if error:
                     log.warning("bypass: epoll re-arm for pid=%d fd=%d failed: %s", notif.pid, fd, error)
-            self._count("bypassed")
-            decision = "bypass" if result == 0 else "bypass (EINPROGRESS)"
-            self._log(notif, fd, dest, decision)
             self._reply(notif, err=result)
+            # off the caller's critical path: bookkeeping, and (without epoll items) the old socket's release
+            self._count("bypassed")
+            self._log(notif, fd, dest, "bypass" if result == 0 else "bypass (EINPROGRESS)")
         finally:
             os.close(host)
             if copy >= 0:
@@ -439,6 +462,42 @@ class Supervisor:
             self._reply(notif, err=err)
 
         threading.Thread(target=blocking_connect, name="kboxnet-bypass-reconnect", daemon=True).start()
+
+    # --- epoll_create -------------------------------------------------------------------------
+
+    def _on_epoll_create(self, notif: abi.Notification) -> None:
+        """Create the epoll instance ourselves and hand it over (ADDFD+SEND).
+
+        Only so that the epoll-fd cache is invalidated *after* the new fd exists
+        (a CONTINUE would leave a window where a scan misses it).
+        """
+        arg = notif.args[0] & 0xFFFFFFFF
+        if notif.nr == abi.NR_X86_64["epoll_create1"]:
+            if arg & ~os.O_CLOEXEC:
+                self._reply(notif, err=errno.EINVAL)
+                return
+            cloexec = bool(arg & os.O_CLOEXEC)
+        else:
+            if arg == 0 or arg & 0x80000000:  # size <= 0
+                self._reply(notif, err=errno.EINVAL)
+                return
+            cloexec = False
+        try:
+            ep = abi.epoll_create()
+        except OSError as exc:
+            self._reply(notif, err=exc.errno or errno.ENOMEM)
+            return
+        try:
+            abi.notif_addfd_send(self.listener, notif.id, ep, cloexec)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                self._count("stale")
+            else:
+                self._reply(notif, err=exc.errno or errno.EMFILE)
+        finally:
+            os.close(ep)
+            self._epoll_seen = True  # from now on, bypasses look for epoll registrations
+            self._epoll_fds.invalidate()
 
     # --- bind / listen -----------------------------------------------------------------------
 

@@ -39,11 +39,15 @@ def open_pidfd(tid: int) -> int:
 
 def fd_cloexec(tid: int, fd: int) -> bool:
     """The target's close-on-exec flag for ``fd`` (pidfd_getfd copies always say CLOEXEC)."""
-    with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as fh:
-        for line in fh:
-            if line.startswith(b"flags:"):
-                return bool(int(line.split()[1], 8) & abi.O_CLOEXEC_FDINFO)
-    return False
+    f = os.open(f"/proc/{tid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = os.read(f, 4096)
+    finally:
+        os.close(f)
+    start = text.find(b"flags:")
+    if start < 0:
+        return False
+    return bool(int(text[start + 6 :].split(None, 1)[0], 8) & abi.O_CLOEXEC_FDINFO)
 
 
 @attrs.frozen
@@ -64,21 +68,59 @@ def parse_epoll_fdinfo(text: str, fd: int, inode: int) -> list[tuple[int, int]]:
     return found
 
 
-def epoll_registrations(tid: int, fd: int, inode: int) -> list[EpollRegistration]:
-    """Every epoll item of the target's fd table that watches (``fd``, ``inode``)."""
-    regs: list[EpollRegistration] = []
-    base = f"/proc/{tid}"
+def epoll_fds(tid: int) -> list[int]:
+    """The fd numbers of the target's epoll instances (a scan of /proc/TID/fd)."""
+    base = f"/proc/{tid}/fd"
+    found = []
     try:
-        names = os.listdir(f"{base}/fd")
+        names = os.listdir(base)
     except OSError:
-        return regs
+        return found
     for name in names:
         try:
-            if os.readlink(f"{base}/fd/{name}") != _EPOLL_LINK:
-                continue
-            with open(f"{base}/fdinfo/{name}") as fh:
+            if os.readlink(f"{base}/{name}") == _EPOLL_LINK:
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def epoll_registrations(tid: int, fd: int, inode: int, epfds: list[int] | None = None) -> list[EpollRegistration]:
+    """Every epoll item (in ``epfds``, default: all epoll fds) watching (``fd``, ``inode``)."""
+    regs: list[EpollRegistration] = []
+    for epfd in epoll_fds(tid) if epfds is None else epfds:
+        try:
+            with open(f"/proc/{tid}/fdinfo/{epfd}") as fh:
                 text = fh.read()
         except OSError:
             continue
-        regs += [EpollRegistration(int(name), ev, data) for ev, data in parse_epoll_fdinfo(text, fd, inode)]
+        regs += [EpollRegistration(epfd, ev, data) for ev, data in parse_epoll_fdinfo(text, fd, inode)]
     return regs
+
+
+class EpollFdCache:
+    """Per-thread cache of epoll fd numbers, valid until the sandbox creates another epoll.
+
+    Every ``epoll_create*`` of the sandbox is trapped and calls :meth:`invalidate`.
+    Not seen: an epoll fd that a thread gets by dup() or SCM_RIGHTS after its
+    last scan (documented limitation), and pid reuse (the cache is bounded).
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._gen = 0
+        self._cache: dict[int, tuple[int, list[int]]] = {}
+
+    def invalidate(self) -> None:
+        self._gen += 1
+
+    def get(self, tid: int) -> list[int]:
+        hit = self._cache.get(tid)
+        if hit is not None and hit[0] == self._gen:
+            return hit[1]
+        if len(self._cache) >= self.MAX_ENTRIES:
+            self._cache.clear()
+        fds = epoll_fds(tid)
+        self._cache[tid] = (self._gen, fds)
+        return fds

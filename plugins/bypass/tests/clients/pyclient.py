@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
 import json
@@ -111,6 +110,7 @@ def mode_thread(port: int) -> dict:
 
 
 def mode_asyncio(port: int) -> dict:
+    import asyncio  # not at the top: importing selectors creates an epoll instance
     async def main() -> dict:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 5)
         data = await asyncio.wait_for(reader.readline(), 5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import random
 import select
 import socket
@@ -153,7 +154,8 @@ class Tcp:
         self.flows: dict[tuple, TcpFlow] = {}
         self.ack_due: set[TcpFlow] = set()
         self.more: set[TcpFlow] = set()
-        self._discard = bytearray(MAX_WINDOW + 65536)
+        # MSG_TRUNC never writes into it: anonymous pages that never become resident
+        self._discard = mmap.mmap(-1, MAX_WINDOW + 65536)
         self._discard_view = memoryview(self._discard)
         self._ctl = bytearray(HEADROOM + 14 + 60 + 60)
         self._ctl_view = memoryview(self._ctl)
@@ -418,6 +420,8 @@ class Tcp:
             return
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             flow.readable = True
+            if ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                flow.eof = True  # no further edge will come: keep reading until recv says so
             if flow.state == ESTABLISHED:
                 self._sock_to_tap(flow)
         if ev & EPOLLOUT and flow.wnd_wait and flow.sock is not None and flow.state == ESTABLISHED:
@@ -480,7 +484,6 @@ class Tcp:
                 flow.readable = False  # nothing new beyond what the guest has not acknowledged
             else:
                 # end of stream after everything we sent: our FIN
-                flow.eof = True
                 flow.readable = False
                 flow.fin_to_tap = True
                 self._send_ctl(flow, TCP_FIN | TCP_ACK)
@@ -514,7 +517,10 @@ class Tcp:
         if n >= wanted and n < avail:
             self.more.add(flow)
         elif n < wanted:
-            flow.readable = False  # drained: wait for the next EPOLLIN edge
+            if flow.eof:
+                self.more.add(flow)  # the FIN (or error) is next; no new edge will announce it
+            else:
+                flow.readable = False  # drained: wait for the next EPOLLIN edge
 
     def _emit_data(self, flow: TcpFlow, slot: int, seq: int, plen: int, flags: int) -> None:
         e = self.e
@@ -711,6 +717,8 @@ class Tcp:
     def close_all(self) -> None:
         for flow in list(self.flows.values()):
             self._close(flow, reset_host=True)
+        self._discard_view.release()
+        self._discard.close()
 
 
 from .wire import HOST_MAC as _HOST_MAC  # noqa: E402

@@ -61,27 +61,30 @@ s.sendto(data, peer)
 
 MANY_FLOWS = r"""
 import hashlib, selectors, socket, sys, time
-host, port, n, expect = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+def content(i):
+    block = hashlib.sha256(b"flow-%d" % i).digest()
+    return (block * (size // 32 + 1))[:size]
+
 sel = selectors.DefaultSelector()
-socks = []
 for i in range(n):
     s = socket.socket()
     s.setblocking(False)
     s.connect_ex((host, port))
-    socks.append(s)
-    sel.register(s, selectors.EVENT_WRITE, [i, hashlib.sha256(), 0, False])
-done = ok = 0
+    sel.register(s, selectors.EVENT_WRITE, [i, hashlib.sha256(), False])
+done = ok = failed = 0
 deadline = time.monotonic() + 240
 while done < n and time.monotonic() < deadline:
     for key, ev in sel.select(1):
         st = key.data
         s = key.fileobj
-        if not st[3]:
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                sel.unregister(s); s.close(); done += 1; continue
+        if not st[2]:
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                sel.unregister(s); s.close(); done += 1; failed += 1
+                continue
             s.send(b"GET %d\n" % st[0])
-            st[3] = True
+            st[2] = True
             sel.modify(s, selectors.EVENT_READ, st)
             continue
         try:
@@ -91,10 +94,18 @@ while done < n and time.monotonic() < deadline:
         except OSError:
             data = b""
         if data:
-            st[1].update(data); st[2] += len(data)
+            st[1].update(data)
         else:
             sel.unregister(s); s.close(); done += 1
-            if st[1].hexdigest() == expect:
+            if st[1].digest() == hashlib.sha256(content(st[0])).digest():
                 ok += 1
-print("DONE", done, "OK", ok)
+print("DONE", done, "OK", ok, "FAILED", failed)
+"""
+
+IDLE_FLOWS = r"""
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
+print("OPEN", len(socks), flush=True)
+sys.stdin.readline()
 """

@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     selection = select(registry, config, frame_choice if frame_choice != "auto" else None,
                        BackendKind.FRAME, link_kind="tap")
     candidates = list(selection.candidates)
-    vnet = config.net.tap_offload and all(c.backend is not None and c.backend.accepts_vnet_hdr
+    vnet = config.net.tap_offload and any(c.backend is not None and c.backend.accepts_vnet_hdr
                                           for c in candidates)
     log.info("guest namespace served by %s (chosen by %s)%s",
              ", then ".join(c.name for c in candidates), selection.origin,

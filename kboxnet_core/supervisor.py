@@ -121,6 +121,7 @@ class Supervisor:
         assert backend is not None
         hook = self.registry.pm.hook
         try:
+            link.adapt_to(backend.accepts_vnet_hdr)
             session = backend.open(link, ctx)
             session.backend_name = backend.name
         except Exception as exc:  # noqa: BLE001 - a failed start is a fallback reason

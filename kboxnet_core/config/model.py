@@ -160,7 +160,7 @@ class NetConfig:
     map_gateway_to_loopback: bool = True
     #: on a failed session, start the next available backend on the same link
     fallback: bool = True
-    #: tap links: use the virtio-net header and TSO/checksum offloads when every candidate backend can
+    #: tap links: virtio-net header and TSO/checksum offloads for backends that accept them
     tap_offload: bool = True
     pcap: str = ""
     ipv4: IPv4Profile = IPv4Profile()

@@ -86,6 +86,14 @@ class Link(abc.ABC):
     def describe(self) -> str:
         return self.kind
 
+    def adapt_to(self, accepts_vnet_hdr: bool) -> None:
+        """Prepare the link for the next backend (called by the supervisor before ``open``).
+
+        A tap link opened with the virtio-net header keeps it (and its offloads) for a backend
+        that accepts it; for one that does not, offloads are switched off and the header is
+        stripped and added by the link, so that backend sees plain frames.
+        """
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the link (only the supervisor calls this)."""

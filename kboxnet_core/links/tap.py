@@ -40,6 +40,7 @@ VIRTIO_NET_HDR_GSO_UDP = 3
 VIRTIO_NET_HDR_GSO_TCPV6 = 4
 
 _READ_MAX = 65536 + VNET_HDR_LEN
+_ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 _BUFFER = 4 * 1024 * 1024
 
 
@@ -69,8 +70,10 @@ class TapLink(Link):
         self.fd = fd
         self.ifname = ifname
         self.mtu = mtu
-        self.vnet_hdr = vnet_hdr
+        self.vnet_hdr = vnet_hdr  # what the current backend sees
+        self.has_vnet_hdr = vnet_hdr  # what the device was opened with
         self.offload = offload
+        self._strip = 0
         os.set_blocking(fd, False)
         self._buf = bytearray(_BUFFER)
         self._view = memoryview(self._buf)
@@ -100,6 +103,14 @@ class TapLink(Link):
                 fd = _open()
         return cls(fd, ifname, mtu=mtu, vnet_hdr=vnet_hdr, offload=offload)
 
+    def adapt_to(self, accepts_vnet_hdr: bool) -> None:
+        if not self.has_vnet_hdr:
+            return
+        want_offload = accepts_vnet_hdr and self.offload
+        fcntl.ioctl(self.fd, TUNSETOFFLOAD, (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) if want_offload else 0)
+        self.vnet_hdr = accepts_vnet_hdr
+        self._strip = 0 if accepts_vnet_hdr else VNET_HDR_LEN
+
     def fileno(self) -> int:
         return self.fd
 
@@ -120,6 +131,7 @@ class TapLink(Link):
         end = len(self._buf) - _READ_MAX
         readv = os.readv
         fd = self.fd
+        strip = self._strip
         while len(frames) < limit and off <= end:
             try:
                 n = readv(fd, (view[off : off + _READ_MAX],))
@@ -133,14 +145,18 @@ class TapLink(Link):
             if n == 0:
                 self._closed = True
                 raise LinkClosed(f"tap {self.ifname} closed")
-            frames.append(view[off : off + n])
+            if n > strip:
+                frames.append(view[off + strip : off + n])
             off += n
         self.frames_in += len(frames)
         return frames
 
     def send_frame(self, frame: bytes | bytearray | memoryview) -> None:
         try:
-            os.write(self.fd, frame)
+            if self._strip:
+                os.writev(self.fd, (_ZERO_VNET_HDR, frame))
+            else:
+                os.write(self.fd, frame)
             self.frames_out += 1
         except (BlockingIOError, InterruptedError):
             self.tx_dropped += 1

@@ -155,6 +155,9 @@ def _convert(tp: Any, value: Any, path: str, source: str, meta: Mapping[str, Any
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        lo, hi = meta.get("range", (None, None))
+        if lo is not None and not lo <= value <= hi:
+            raise bad(f"a number from {lo} to {hi}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

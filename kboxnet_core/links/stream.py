@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 RECV_BUFFER = 4 * 1024 * 1024
 SOCKET_BUFFER = 8 * 1024 * 1024
+#: output queued beyond this (a guest that stopped reading) is dropped, not buffered
+MAX_PENDING = 32 * 1024 * 1024
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -70,6 +72,7 @@ class StreamLink(Link):
         self._eof = False
         self.frames_in = 0
         self.frames_out = 0
+        self.frames_dropped = 0
 
     @classmethod
     def from_fd(cls, fd: int, mtu: int = 1500) -> StreamLink:
@@ -161,6 +164,9 @@ class StreamLink(Link):
         if n < ETH_MIN or n > ETH_MAX:
             raise ValueError(f"frame length {n} outside {ETH_MIN}..{ETH_MAX}")
         out = self._out
+        if len(out) - self._out_off > MAX_PENDING:
+            self.frames_dropped += 1  # the guest stopped reading: drop like a full NIC ring
+            return
         out += _LEN.pack(n)
         out += frame
         self.frames_out += 1

@@ -12,6 +12,7 @@ import attrs
 import pytest
 from test_netns import curl, topo, udhcpc  # noqa: F401 - fixtures
 
+from kboxnet_core import hookimpl
 from kboxnet_core.netns import entered_netns
 from kboxnet_core.ranking import Ranked
 from kboxnet_core.registry import Registry
@@ -37,6 +38,14 @@ def test_sigkill_mid_transfer_falls_back_to_minislirp(topo, tmp_path):  # noqa: 
     http = HttpFileServer(netns=topo.hostns.host).start()
     http.add_file("big.bin", data=bytes(200 << 20))
     small = http.add_file("small.bin", size=64 << 10, seed=10)
+    calls: list[tuple[str, str, str]] = []
+
+    class Observer:
+        @hookimpl
+        def kboxnet_fallback(self, failed, candidate, reason):
+            calls.append((failed.name, candidate.name, reason))
+
+    registry.pm.register(Observer(), name="passt-test-observer")
     runtime = tmp_path / "run"
     runtime.mkdir()
     sup = Supervisor(registry, cfg, [Ranked(passt, av_passt), Ranked(minislirp, av_mini)], runtime_dir=runtime)
@@ -80,6 +89,7 @@ def test_sigkill_mid_transfer_falls_back_to_minislirp(topo, tmp_path):  # noqa: 
         assert sup.history and sup.history[0][0] == "passt" and not sup.history[0][1].ok
         assert "SIGKILL" in sup.history[0][1].reason
         assert sup.current_session() is not None and sup.current_session().backend_name == "minislirp"
+        assert calls and calls[0][:2] == ("passt", "minislirp") and "SIGKILL" in calls[0][2]
         assert not os.path.exists(f"/proc/{passt_pid}")
         assert not any(p.name.startswith("passt") for p in runtime.iterdir())
         big.kill()

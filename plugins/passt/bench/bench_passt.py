@@ -46,6 +46,7 @@ from kboxnet_passt.relay import Relay, make_socketpair  # noqa: E402
 from topo import PasstTopology  # noqa: E402
 
 from kboxnet_core.backend import NetnsTarget, SessionContext  # noqa: E402
+from kboxnet_core.bench import cpu  # noqa: E402
 from kboxnet_core.links.stream import StreamLink  # noqa: E402
 from kboxnet_core.testing.udhcpc import write_udhcpc_script  # noqa: E402
 
@@ -73,6 +74,18 @@ class RelayThread:
 
 
 def iperf(topo: PasstTopology, seconds: int, reverse: bool) -> dict:
+    """One iperf3 run after an idle second; records the CPU other processes used meanwhile."""
+    try:
+        cpu.wait_idle(max_foreign_pct=30.0, window=1.0, timeout=20.0)
+    except Exception:  # noqa: BLE001 - a busy machine is recorded, not fatal
+        pass
+    before = cpu.sample()
+    result = _iperf(topo, seconds, reverse)
+    result["foreign_cpu_pct"] = round(cpu.usage(before, cpu.sample()).foreign_pct, 1)
+    return result
+
+
+def _iperf(topo: PasstTopology, seconds: int, reverse: bool) -> dict:
     argv = ["iperf3", "-c", "10.0.2.2", "-p", str(PORT), "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
     r = topo.guest_run(argv, timeout=seconds + 20)
     try:
@@ -199,6 +212,7 @@ def main() -> int:
                             row[f"{how}_gbps"] = [round(r["gbps"], 3) for r in runs]
                             row[f"{how}_median"] = round(statistics.median(r["gbps"] for r in runs), 3)
                             row[f"{how}_retrans"] = [r["retransmits"] for r in runs]
+                            row[f"{how}_foreign_cpu"] = [r["foreign_cpu_pct"] for r in runs]
                         hand = row["hand_median"]
                         row["ratio"] = round(row["kboxnet_median"] / hand, 3) if hand else None
                         rows.append(row)

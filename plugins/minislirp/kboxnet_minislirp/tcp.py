@@ -81,7 +81,7 @@ class TcpFlow:
         "seq_to_tap", "seq_ack_from_tap", "seq_max", "seq_from_tap", "seq_ack_to_tap",
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
-        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl",
+        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -107,6 +107,7 @@ class TcpFlow:
         self.eof = False
         self.fin_to_tap = False
         self.fin_acked = False
+        self.fin_seq = -1
         self.fin_from_tap = False
         self.dup_acks = 0
         self.rto_at = 0.0
@@ -256,9 +257,9 @@ class Tcp:
         sent = (flow.seq_max - base) & MASK
         if acked and acked <= sent:
             data = acked
-            if flow.fin_to_tap and ack == flow.seq_max:
-                data -= 1
-                flow.fin_acked = True
+            if flow.fin_seq >= 0 and ack == (flow.fin_seq + 1) & MASK:
+                data -= 1  # our FIN (possibly sent before a rewind) is acknowledged
+                flow.fin_acked = flow.fin_to_tap = True
             if data:
                 self._discard_bytes(flow, data)
             flow.seq_ack_from_tap = ack
@@ -486,6 +487,7 @@ class Tcp:
                 # end of stream after everything we sent: our FIN
                 flow.readable = False
                 flow.fin_to_tap = True
+                flow.fin_seq = flow.seq_to_tap
                 self._send_ctl(flow, TCP_FIN | TCP_ACK)
                 flow.seq_to_tap = (flow.seq_to_tap + 1) & MASK
                 if (flow.seq_to_tap - flow.seq_max) & MASK < HALF:
@@ -694,7 +696,8 @@ class Tcp:
                 if now >= flow.rto_at:
                     flow.retries += 1
                     if flow.retries > 5:
-                        self._close(flow, reset_host=True)
+                        self.c["tcp.synack_timeout"] += 1
+                        self._reset(flow)
                     else:
                         self._send_synack(flow)
                 continue

@@ -25,11 +25,13 @@ from ..testing.netns import HostNetns, netns_supported
 from ..testing.nsenter import bound_socket
 from ..testing.procs import stop_process, wait_for
 from . import cpu, measure, report
+from .flows import SinkServer
 from .paths import REFERENCES, GuestPath, kboxnet_backends
 from .pingpong import EchoServer
 
 IPERF_PORT = 5201
 ECHO_PORT = 5300
+SINK_PORT = 5301
 DEFAULT_BACKENDS = ("passt", "minislirp")
 REFERENCE_NAMES = tuple(cls.name for cls in REFERENCES)
 
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="2 s iperf3 runs, shorter latency runs")
     ap.add_argument("--no-rr", action="store_true", help="skip request/response and connection rate")
     ap.add_argument("--no-throughput", action="store_true", help="skip iperf3")
+    ap.add_argument("--flows", metavar="N,N,..", default="",
+                    help="also measure N concurrent flows (scale curve), e.g. 1,10,100,1000")
     ap.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     ap.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
     ap.add_argument("--chart", metavar="PNG", help="draw a throughput chart (needs matplotlib)")
@@ -99,12 +103,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         iperf_srv = host.host.popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
         echo = EchoServer(bound_socket(host.name, "0.0.0.0", ECHO_PORT)).start()
+        sink = SinkServer(bound_socket(host.name, "0.0.0.0", SINK_PORT, listen=4096)).start()
         try:
             wait_for(lambda: _listening(host.name, IPERF_PORT), 10, what="iperf3 server")
             for mtu in mtus:
                 for path in paths:
-                    samples += _measure_path(path, host, mtu, args, seconds, rr_count, rr_conns)
+                    samples += _measure_path(path, host, mtu, args, seconds, rr_count, rr_conns, sink)
         finally:
+            sink.stop()
             echo.stop()
             stop_process(iperf_srv)
     rows = report.summarize(samples)
@@ -127,8 +133,12 @@ def _listening(netns: str, port: int) -> bool:
     return f":{port} " in out
 
 
+def _flow_counts(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def _measure_path(path: GuestPath, host: HostNetns, mtu: int, args: argparse.Namespace, seconds: float,
-                  rr_count: int, rr_conns: int) -> list[measure.Sample]:
+                  rr_count: int, rr_conns: int, sink: SinkServer) -> list[measure.Sample]:
     out: list[measure.Sample] = []
     try:
         with path.attach(host, mtu) as att:
@@ -146,6 +156,13 @@ def _measure_path(path: GuestPath, host: HostNetns, mtu: int, args: argparse.Nam
                     s = measure.pingpong(att, path.name, ECHO_PORT, mtu, rep, rr_count, rr_conns, idle)
                     _log(f"{path.name:<12} mtu {mtu:<6} rr    #{rep}: "
                          + (f"p50 {s.rr_p50_us} us p99 {s.rr_p99_us} us, {s.conn_per_s} conn/s"
+                            if not s.error else s.error))
+                    out.append(s)
+                for n in _flow_counts(args.flows):
+                    idle = cpu.wait_idle(args.idle_threshold, timeout=args.idle_timeout)
+                    s = measure.flows(att, path.name, sink, mtu, rep, n, seconds, idle)
+                    _log(f"{path.name:<12} mtu {mtu:<6} flows {n:<5} #{rep}: "
+                         + (f"{s.gbps} Gbit/s, peak RSS {s.rss_mib} MiB, lost {s.lost_bytes} B"
                             if not s.error else s.error))
                     out.append(s)
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:

@@ -12,6 +12,7 @@ import abc
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -31,6 +32,10 @@ class Attached:
 
     prefix: tuple[str, ...]
     server: str
+    #: processes that carry the traffic (for RSS); empty when the command itself is the middle
+    middle: tuple[int, ...] = ()
+    #: the process started with ``prefix`` is the middle (kboxnet run) rather than the guest command
+    prefix_is_middle: bool = False
 
 
 class GuestPath(abc.ABC):
@@ -93,7 +98,7 @@ class Slirp4netnsPath(GuestPath):
                                     "tap0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_addr(guest, "10.0.2.100", proc)
-                yield Attached(tuple(guest.prefix()), "10.0.2.2")
+                yield Attached(tuple(guest.prefix()), "10.0.2.2", (proc.pid,))
             finally:
                 stop_process(proc)
 
@@ -116,7 +121,7 @@ class PastaPath(GuestPath):
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_addr(guest, HostNetns.HOST_ADDR, proc)
-                yield Attached(tuple(guest.prefix()), HostNetns.GW_ADDR)
+                yield Attached(tuple(guest.prefix()), HostNetns.GW_ADDR, (proc.pid,))
             finally:
                 stop_process(proc)
 
@@ -135,17 +140,15 @@ class KboxnetPath(GuestPath):
 
     @contextmanager
     def attach(self, host: HostNetns, mtu: int) -> Iterator[Attached]:
-        kboxnet = shutil.which("kboxnet") or "kboxnet"
-        yield Attached((*host.host.prefix(), kboxnet, "run", "-q", "--net", self.name, "--mtu", str(mtu),
-                        "--"), "10.0.2.2")
+        argv = (*host.host.prefix(), sys.executable, "-m", "kboxnet_core", "run", "-q", "--net", self.name,
+                "--mtu", str(mtu), "--")
+        yield Attached(argv, "10.0.2.2", prefix_is_middle=True)
 
 
 def kboxnet_backends(names: tuple[str, ...]) -> list[KboxnetPath]:
     """``names`` as paths, each with why it is unusable (from ``kboxnet backends --json``)."""
-    kboxnet = shutil.which("kboxnet")
-    if not kboxnet:
-        return [KboxnetPath(n, "kboxnet command not on PATH") for n in names]
-    proc = subprocess.run([kboxnet, "backends", "--json"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "kboxnet_core", "backends", "--json"], capture_output=True,
+                          text=True, timeout=60)
     try:
         rows = {row["name"]: row for row in json.loads(proc.stdout)}
     except (ValueError, KeyError, TypeError):

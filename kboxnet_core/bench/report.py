@@ -27,6 +27,9 @@ class Row:
     p99_us: float | None = None
     conn_per_s: float | None = None
     foreign_pct: float = 0.0  # max foreign CPU during the runs
+    flows: int | None = None  # "flows" rows: concurrent flows
+    rss_mib: float | None = None  # "flows" rows: median peak RSS of the middle processes
+    lost_bytes: int | None = None  # "flows" rows: max bytes written by the client but not received
     ratio: float | None = None  # median / slirp4netns median (rr: inverse, higher is better)
 
     def as_dict(self) -> dict:
@@ -38,14 +41,21 @@ def _med(vals: list[float]) -> float | None:
 
 
 def summarize(samples: Iterable[Sample]) -> list[Row]:
-    groups: dict[tuple[str, str, int], list[Sample]] = {}
+    groups: dict[tuple[str, str, int, int | None], list[Sample]] = {}
     for s in samples:
-        groups.setdefault((s.path, s.test, s.mtu), []).append(s)
+        groups.setdefault((s.path, s.test, s.mtu, s.flows), []).append(s)
     rows: list[Row] = []
-    for (path, test, mtu), group in groups.items():
+    for (path, test, mtu, nflows), group in groups.items():
         ok = [s for s in group if not s.error]
         foreign = max((s.cpu_foreign_pct for s in group), default=0.0)
-        if test == "rr":
+        if test == "flows":
+            vals = [s.gbps for s in ok if s.gbps is not None]
+            rss = _med([s.rss_mib for s in group if s.rss_mib is not None])
+            lost = max((s.lost_bytes for s in group if s.lost_bytes is not None), default=None)
+            rows.append(Row(path, test, mtu, len(group), len(group) - len(ok), _med(vals),
+                            min(vals, default=None), max(vals, default=None), None, foreign_pct=foreign,
+                            flows=nflows, rss_mib=rss, lost_bytes=lost))
+        elif test == "rr":
             vals = [s.rr_p50_us for s in ok if s.rr_p50_us is not None]
             p99 = _med([s.rr_p99_us for s in ok if s.rr_p99_us is not None])
             conn = _med([s.conn_per_s for s in ok if s.conn_per_s is not None])
@@ -57,10 +67,10 @@ def summarize(samples: Iterable[Sample]) -> list[Row]:
             rows.append(Row(path, test, mtu, len(group), len(group) - len(ok), _med(vals),
                             min(vals, default=None), max(vals, default=None),
                             int(statistics.median(retr)) if retr else None, foreign_pct=foreign))
-    base = {(r.test, r.mtu): r.median for r in rows if r.path == BASELINE}
+    base = {(r.test, r.mtu, r.flows): r.median for r in rows if r.path == BASELINE}
     out = []
     for r in rows:
-        b = base.get((r.test, r.mtu))
+        b = base.get((r.test, r.mtu, r.flows))
         ratio = None
         if b and r.median:
             ratio = round(b / r.median if r.test == "rr" else r.median / b, 2)
@@ -92,6 +102,15 @@ def table(rows: list[Row], skipped: dict[str, str]) -> str:
         for r in sorted(rr, key=lambda r: (r.mtu, r.path)):
             lines.append(f"{r.path:<13}{r.mtu:>6}{_f(r.median, '{:.0f}'):>9}{_f(r.p99_us, '{:.0f}'):>9}"
                          f"{_f(r.ratio):>9}{_f(r.conn_per_s, '{:.0f}'):>9}{r.runs:>6}{r.failed:>5}")
+    fl = [r for r in rows if r.test == "flows"]
+    if fl:
+        lines.append("")
+        lines.append("Scale: concurrent TCP flows guest->host (aggregate; RSS = peak of the middle processes)")
+        lines.append(f"{'path':<13}{'mtu':>6}{'flows':>7}{'Gbit/s':>8}{'x slirp':>9}{'RSS MiB':>9}"
+                     f"{'lost B':>8}{'runs':>6}{'fail':>5}")
+        for r in sorted(fl, key=lambda r: (r.mtu, r.flows or 0, r.path)):
+            lines.append(f"{r.path:<13}{r.mtu:>6}{r.flows or 0:>7}{_f(r.median):>8}{_f(r.ratio):>9}"
+                         f"{_f(r.rss_mib, '{:.1f}'):>9}{_f(r.lost_bytes, '{:d}'):>8}{r.runs:>6}{r.failed:>5}")
     if skipped:
         lines.append("")
         for name, reason in skipped.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ def write_config(path: Path, backend: str, dns_port: int, mtu: int = 1500, egres
 
 
 def kboxnet_argv() -> list[str]:
-    exe = shutil.which("kboxnet")
-    return [exe] if exe else [sys.executable, "-m", "kboxnet_core"]
+    """The kboxnet CLI of this interpreter (not whatever ``kboxnet`` PATH finds first)."""
+    return [sys.executable, "-m", "kboxnet_core"]
 
 
 @contextmanager

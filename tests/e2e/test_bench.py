@@ -66,10 +66,13 @@ def test_cpu_usage_counts_our_children():
 def test_bench_veth_tiny_run():
     proc = subprocess.run([sys.executable, "-c", "import sys; from kboxnet_core.bench import main; "
                            "sys.exit(main(sys.argv[1:]))", "--no-backends", "--reference", "veth",
-                           "--mtu", "1500", "--repeats", "1", "-t", "1", "--json", "--idle-timeout", "2"],
+                           "--mtu", "1500", "--repeats", "1", "-t", "1", "--json", "--idle-timeout", "2",
+                           "--flows", "20"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     rows = {(r["path"], r["test"]): r for r in doc["rows"]}
     assert rows[("veth", "up")]["median"] > 0.1 and rows[("veth", "down")]["median"] > 0.1
     assert rows[("veth", "rr")]["conn_per_s"] > 0 and rows[("veth", "rr")]["failed"] == 0
+    flows = rows[("veth", "flows")]
+    assert flows["flows"] == 20 and flows["failed"] == 0 and flows["lost_bytes"] == 0 and flows["median"] > 0.1

@@ -131,12 +131,12 @@ class UdpEchoServer:
                     data, peer = self._sock.recvfrom(65535)
                 except BlockingIOError:
                     break
+                self.echoed += 1  # counted before the reply leaves, so a client that got N replies sees N
+                self.peers.add(peer)
                 try:
                     self._sock.sendto(data, peer)
                 except OSError:
                     continue
-                self.echoed += 1
-                self.peers.add(peer)
 
     def stop(self) -> None:
         if self._thread is not None:

@@ -29,18 +29,18 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .checksum import big_sum, checksum, fold
+from .checksum import big_sum, checksum
 from .wire import (
     HEADROOM,
     IPPROTO_TCP,
     TCP,
     TCP_ACK,
     TCP_FIN,
-    TCP_PSH,
     TCP_RST,
     TCP_SYN,
     VNET,
     VNET_F_NEEDS_CSUM,
+    VNET_HDR_NONE,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class TcpFlow:
         "seq_to_tap", "seq_ack_from_tap", "seq_max", "seq_from_tap", "seq_ack_to_tap",
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
-        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq",
+        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq", "undiscarded",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -108,6 +108,7 @@ class TcpFlow:
         self.fin_to_tap = False
         self.fin_acked = False
         self.fin_seq = -1
+        self.undiscarded = 0
         self.fin_from_tap = False
         self.dup_acks = 0
         self.rto_at = 0.0
@@ -155,6 +156,7 @@ class Tcp:
         self.flows: dict[tuple, TcpFlow] = {}
         self.ack_due: set[TcpFlow] = set()
         self.more: set[TcpFlow] = set()
+        self.discard_due: set[TcpFlow] = set()
         # MSG_TRUNC never writes into it: anonymous pages that never become resident
         self._discard = mmap.mmap(-1, MAX_WINDOW + 65536)
         self._discard_view = memoryview(self._discard)
@@ -260,8 +262,9 @@ class Tcp:
             if flow.fin_seq >= 0 and ack == (flow.fin_seq + 1) & MASK:
                 data -= 1  # our FIN (possibly sent before a rewind) is acknowledged
                 flow.fin_acked = flow.fin_to_tap = True
-            if data:
-                self._discard_bytes(flow, data)
+            if data:  # discarded once per batch of guest frames (end_of_batch)
+                flow.undiscarded += data
+                self.discard_due.add(flow)
             flow.seq_ack_from_tap = ack
             if (flow.seq_to_tap - ack) & MASK >= HALF:
                 flow.seq_to_tap = ack
@@ -282,6 +285,12 @@ class Tcp:
             return
         if flow.readable and (acked or opened):
             self.more.add(flow)
+
+    def _discard_acked(self, flow: TcpFlow) -> None:
+        n = flow.undiscarded
+        flow.undiscarded = 0
+        if n and flow.sock is not None:
+            self._discard_bytes(flow, n)
 
     def _discard_bytes(self, flow: TcpFlow, n: int) -> None:
         view = self._discard_view
@@ -364,7 +373,11 @@ class Tcp:
         return True
 
     def end_of_batch(self) -> None:
-        """Write gathered guest data and send one ACK per flow that got data in this batch."""
+        """Drop acknowledged host data, write gathered guest data, send one ACK per flow."""
+        if self.discard_due:
+            for flow in self.discard_due:
+                self._discard_acked(flow)
+            self.discard_due.clear()
         for flow in self.ack_due:
             if flow.pend:
                 self._flush(flow)
@@ -467,9 +480,9 @@ class Tcp:
                 left = 0
         wanted = budget - left
         skip = 0
-        if not self.peek_off and in_flight:
-            skip = in_flight
-            iov.insert(0, self._discard_view[:in_flight])
+        if not self.peek_off and (in_flight or flow.undiscarded):
+            skip = in_flight + flow.undiscarded
+            iov.insert(0, self._discard_view[:skip])
         try:
             total = flow.sock.recvmsg_into(iov, 0, MSG_PEEK)[0]
         except (BlockingIOError, InterruptedError):
@@ -498,16 +511,7 @@ class Tcp:
                     flow.rto_at = e.now + e.settings.tcp_rto
             return
         self._update_window(flow)
-        seq = flow.seq_to_tap
-        left = n
-        i = 0
-        emit = self._emit_data
-        while left > 0:
-            size = seg if left > seg else left
-            left -= size
-            emit(flow, i, seq, size, TCP_ACK | (TCP_PSH if not left else 0))
-            seq = (seq + size) & MASK
-            i += 1
+        seq = self._emit_data(flow, n, seg)
         flow.seq_to_tap = seq
         if (seq - flow.seq_max) & MASK < HALF:
             flow.seq_max = seq
@@ -524,34 +528,74 @@ class Tcp:
             else:
                 flow.readable = False  # drained: wait for the next EPOLLIN edge
 
-    def _emit_data(self, flow: TcpFlow, slot: int, seq: int, plen: int, flags: int) -> None:
+    def _emit_data(self, flow: TcpFlow, n: int, seg: int) -> int:
+        """Turn the ``n`` bytes peeked into the slots into frames for the guest; returns the next seq.
+
+        The hot loop of host->guest traffic: per frame, one slice copy of the
+        flow's header template, the family's length/checksum fix-up, one TCP
+        header pack, the L4 checksum (or the virtio-net header that offloads
+        it and the segmentation), one write.
+        """
         e = self.e
-        buf = self._slots[slot]
-        view = self._slot_views[slot]
         fam = flow.fam
-        l4len = 20 + plen
         tmpl = flow.tmpl
         if tmpl is None:
             tmpl = flow.tmpl = fam.template(e.guest_mac, _HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_TCP)
-        l4 = HEADROOM + len(tmpl[0])
-        buf[HEADROOM:l4] = tmpl[0]
-        fam.set_length(buf, HEADROOM, tmpl[1], l4len)
-        TCP.pack_into(buf, l4, flow.rport, flow.gport, seq, flow.seq_from_tap, 0x5000 | flags,
-                      flow.wnd_to_tap >> flow.ws_to_tap, 0, 0)
-        end = l4 + l4len
-        if e.offload:
-            _H.pack_into(buf, l4 + 16, fold(flow.pseudo + l4len))
-            if plen > flow.mss:
-                VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, fam.gso_tcp, l4 - HEADROOM + 20, flow.mss,
-                               l4 - HEADROOM, 16)
+        hdr, hdr_sum = tmpl
+        l4 = HEADROOM + len(hdr)
+        set_length = fam.set_length
+        tcp_pack = TCP.pack_into
+        h_pack = _H.pack_into
+        slots = self._slots
+        views = self._slot_views
+        rport, gport, ack = flow.rport, flow.gport, flow.seq_from_tap
+        wnd = flow.wnd_to_tap >> flow.ws_to_tap
+        if wnd > 0xFFFF:
+            wnd = 0xFFFF
+        pseudo = flow.pseudo
+        offload = e.offload
+        vnet = e.vnet
+        mss = flow.mss
+        send = e.link.send_frame
+        pcap = e.pcap
+        seq = flow.seq_to_tap
+        left = n
+        i = 0
+        while left > 0:
+            size = seg if left > seg else left
+            left -= size
+            buf = slots[i]
+            view = views[i]
+            i += 1
+            l4len = 20 + size
+            end = l4 + l4len
+            buf[HEADROOM:l4] = hdr
+            set_length(buf, HEADROOM, hdr_sum, l4len)
+            tcp_pack(buf, l4, rport, gport, seq, ack, 0x5010 if left else 0x5018, wnd, 0, 0)
+            if offload:
+                total = (pseudo + l4len) % 0xFFFF
+                h_pack(buf, l4 + 16, total or 0xFFFF)
+                if size > mss:
+                    VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, fam.gso_tcp, l4 - HEADROOM + 20, mss, l4 - HEADROOM, 16)
+                else:
+                    VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 16)
             else:
-                VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 16)
-        else:
-            _H.pack_into(buf, l4 + 16, checksum(view[l4:end], flow.pseudo + l4len))
-            if e.vnet:
-                VNET.pack_into(buf, 0, 0, 0, 0, 0, 0, 0)
-        e.out_view(view, end)
-        self.c["tcp.frames_out"] += 1
+                if l4len > 4096:
+                    value = big_sum(view[l4:end])
+                else:
+                    value = int.from_bytes(view[l4:end], "big")
+                    if l4len & 1:
+                        value <<= 8
+                total = (value + pseudo + l4len) % 0xFFFF
+                h_pack(buf, l4 + 16, 0xFFFF - total if total else 0)
+                if vnet:
+                    buf[0:HEADROOM] = VNET_HDR_NONE
+            if pcap is not None:
+                pcap.write(view[HEADROOM:end])
+            send(view[:end] if vnet else view[HEADROOM:end])
+            seq = (seq + size) & MASK
+        self.c["tcp.frames_out"] += i
+        return seq
 
     # ==== control segments ====================================================
     def _send_ctl(self, flow: TcpFlow, flags: int, seq: int | None = None, opts: bytes = b"") -> None:
@@ -662,10 +706,12 @@ class Tcp:
         flow.pend_len = 0
         self.flows.pop(flow.key, None)
         self.more.discard(flow)
+        self.discard_due.discard(flow)
         self.c["tcp.closed"] += 1
 
     def _rewind(self, flow: TcpFlow) -> None:
         """Retransmit from the oldest unacknowledged byte: the data is still in the host socket."""
+        self._discard_acked(flow)  # the peek offset 0 must be seq_ack_from_tap
         flow.seq_to_tap = flow.seq_ack_from_tap
         flow.dup_acks = 0
         if flow.fin_to_tap and not flow.fin_acked:

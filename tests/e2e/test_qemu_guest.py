@@ -72,14 +72,15 @@ def _backend_state(netns: Netns, name: str, config) -> tuple[bool, str]:
     return bool(row["available"]), str(row.get("reason", ""))
 
 
+@pytest.mark.parametrize("mtu", [1500, 65520])
 @pytest.mark.parametrize("backend", ["minislirp", "passt"])
-def test_guest_through_kboxnet_serve(backend, guest_image, tmp_path):
+def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
     with HostNetns(area="e2e") as topo:
         # passt (bookworm) forwards DNS only to the first resolver of /etc/resolv.conf:
         # inside the host namespace that is our dnsmasq on 127.0.0.1:53
         topo.host.set_resolv_conf(["127.0.0.1"])
         # passt cannot enforce egress rules (it refuses them); the others get a loopback-only policy
-        config = write_config(tmp_path / "kboxnet.toml", backend, 53, egress=backend != "passt")
+        config = write_config(tmp_path / "kboxnet.toml", backend, 53, mtu=mtu, egress=backend != "passt")
         ok, reason = _backend_state(topo.host, backend, config)
         if not ok:
             pytest.skip(f"{backend}: {reason}")
@@ -102,6 +103,7 @@ def test_guest_through_kboxnet_serve(backend, guest_image, tmp_path):
             assert report.lease.get("ip") == "10.0.2.15", why
             assert report.lease.get("router") == "10.0.2.2", why
             assert report.lease.get("dns") == "10.0.2.3", why
+            assert report.mtu == mtu, why  # DHCP option 26 (1500 is the interface default)
             assert report.ping == "ok", why
             assert report.dns_rc == 0 and NAME_ADDR in report.dns_addrs, why
             assert f"query[A] {NAME}" in dns.log(), why

@@ -35,7 +35,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = MinislirpSettings(offload=not args.no_offload)
     g = GuestNet(mtu=args.mtu, vnet_hdr=args.vnet, stream=args.stream, dns=(args.dns,), settings=settings,
-                 netns=args.netns)
+                 netns=args.netns, relay_process=True)
     profiler = None
     if args.profile:
         import cProfile

@@ -11,15 +11,13 @@ VM or kbox would connect.
 from __future__ import annotations
 
 import os
-import select
 import socket
-import struct
 import tempfile
-import threading
 from pathlib import Path
 
 from kboxnet_minislirp.plugin import MinislirpBackend
 from kboxnet_minislirp.settings import MinislirpSettings
+from tap_relay import TapStreamRelay, spawn_relay_process
 
 from kboxnet_core.backend import SessionContext
 from kboxnet_core.config.model import Config, EgressPolicy, NetConfig, PolicyRule
@@ -27,69 +25,6 @@ from kboxnet_core.links.stream import StreamLink, enlarge_socket_buffers
 from kboxnet_core.links.tap import TapLink
 from kboxnet_core.testing.netns import Netns
 from kboxnet_core.testing.udhcpc import write_udhcpc_script
-
-_LEN = struct.Struct(">I")
-
-
-class TapStreamRelay:
-    """Relays a tap fd to one end of a socketpair in the qemu stream framing (test adapter)."""
-
-    def __init__(self, tap_fd: int, sock: socket.socket) -> None:
-        self.tap_fd = tap_fd
-        self.sock = sock
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._loop, name="tap-stream-relay", daemon=True)
-
-    def start(self) -> TapStreamRelay:
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        ep = select.epoll()
-        ep.register(self.tap_fd, select.EPOLLIN)
-        ep.register(self.sock.fileno(), select.EPOLLIN)
-        ep.register(self._stop_r, select.EPOLLIN)
-        self.sock.setblocking(True)
-        inbuf = bytearray()
-        try:
-            while True:
-                for fd, _ev in ep.poll(1.0):
-                    if fd == self._stop_r:
-                        return
-                    if fd == self.tap_fd:
-                        out = []
-                        for _ in range(64):
-                            try:
-                                frame = os.read(self.tap_fd, 65536)
-                            except BlockingIOError:
-                                break
-                            out.append(_LEN.pack(len(frame)) + frame)
-                        if out:
-                            self.sock.sendall(b"".join(out))
-                    else:
-                        data = self.sock.recv(1 << 20)
-                        if not data:
-                            return
-                        inbuf += data
-                        while len(inbuf) >= 4:
-                            (n,) = _LEN.unpack_from(inbuf)
-                            if len(inbuf) < 4 + n:
-                                break
-                            try:
-                                os.write(self.tap_fd, inbuf[4:4 + n])
-                            except OSError:
-                                pass
-                            del inbuf[:4 + n]
-        except OSError:
-            return
-        finally:
-            ep.close()
-
-    def stop(self) -> None:
-        os.write(self._stop_w, b"x")
-        self._thread.join(5)
-        os.close(self._stop_r)
-        os.close(self._stop_w)
 
 
 def guest_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500) -> Config:
@@ -103,7 +38,7 @@ class GuestNet:
 
     def __init__(self, *, mtu: int = 1500, vnet_hdr: bool = False, stream: bool = False, dns: tuple[str, ...] = (),
                  pcap: str = "", settings: MinislirpSettings | None = None, area: str = "msl",
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, relay_process: bool = False) -> None:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.stream = stream
@@ -115,6 +50,8 @@ class GuestNet:
         self.tap: TapLink | None = None
         self.link = None
         self.relay: TapStreamRelay | None = None
+        self.relay_process = relay_process
+        self.relay_proc = None
         self.session = None
 
     def start(self) -> GuestNet:
@@ -126,7 +63,13 @@ class GuestNet:
             if self.stream:
                 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 enlarge_socket_buffers(b)
-                self.relay = TapStreamRelay(self.tap.fd, b).start()
+                if self.relay_process:  # like QEMU: the other end is another process
+                    self.relay_proc = spawn_relay_process(self.tap.fd, b)
+                    b.close()
+                    self.tap.close()
+                    self.tap = None
+                else:
+                    self.relay = TapStreamRelay(self.tap.fd, b).start()
                 self.link = StreamLink(a, mtu=self.mtu)
             else:
                 self.link = self.tap
@@ -164,6 +107,9 @@ class GuestNet:
             self.session.wait(5)
         if self.relay is not None:
             self.relay.stop()
+        if self.relay_proc is not None:
+            self.relay_proc.kill()
+            self.relay_proc.wait(5)
         if self.link is not None and self.link is not self.tap:
             self.link.close()
         if self.tap is not None:

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         _log(f"kboxnet bench: missing {', '.join(missing)} (apt-get install iperf3 iproute2)")
         return 2
+    # SIGTERM unwinds like Ctrl-C, so the namespaces and servers are removed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     doc = run_benchmark(args)
     rows = [report.Row(**r) for r in doc["rows"]]
     if args.output:

@@ -30,12 +30,14 @@ def main() -> int:
     ap.add_argument("--stream", action="store_true", help="serve a qemu stream socketpair relayed to the tap")
     ap.add_argument("--no-offload", action="store_true", help="vnet header but compute checksums ourselves")
     ap.add_argument("--dns", default="127.0.0.1:53")
+    ap.add_argument("--allow", action="append", default=[],
+                    help="egress CIDR allowed besides 127.0.0.0/8 (only namespaces you own)")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile dump of the session thread")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = MinislirpSettings(offload=not args.no_offload)
     g = GuestNet(mtu=args.mtu, vnet_hdr=args.vnet, stream=args.stream, dns=(args.dns,), settings=settings,
-                 netns=args.netns, relay_process=True)
+                 netns=args.netns, relay_process=True, allow=tuple(args.allow))
     profiler = None
     if args.profile:
         import cProfile

@@ -27,10 +27,10 @@ from kboxnet_core.testing.netns import Netns
 from kboxnet_core.testing.udhcpc import write_udhcpc_script
 
 
-def guest_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500) -> Config:
-    """Guest profile with egress limited to loopback: nothing can leave the machine."""
-    return Config(net=NetConfig(mtu=mtu, dns=dns or ("127.0.0.1:53",), pcap=pcap,
-                                egress=EgressPolicy(allow=(PolicyRule.parse("127.0.0.0/8"),))))
+def guest_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500, allow: tuple[str, ...] = ()) -> Config:
+    """Guest profile with egress limited to loopback (plus ``allow``): nothing can leave the machine."""
+    rules = tuple(PolicyRule.parse(r) for r in ("127.0.0.0/8", *allow))
+    return Config(net=NetConfig(mtu=mtu, dns=dns or ("127.0.0.1:53",), pcap=pcap, egress=EgressPolicy(allow=rules)))
 
 
 class GuestNet:
@@ -38,11 +38,11 @@ class GuestNet:
 
     def __init__(self, *, mtu: int = 1500, vnet_hdr: bool = False, stream: bool = False, dns: tuple[str, ...] = (),
                  pcap: str = "", settings: MinislirpSettings | None = None, area: str = "msl",
-                 netns: str | None = None, relay_process: bool = False) -> None:
+                 netns: str | None = None, relay_process: bool = False, allow: tuple[str, ...] = ()) -> None:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.stream = stream
-        self.config = guest_config(dns, pcap, mtu)
+        self.config = guest_config(dns, pcap, mtu, allow)
         self.settings = settings
         self.ns = Netns(name=netns, area=area)
         self.own_ns = netns is None

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import guest_tools
 import pytest
@@ -166,3 +167,30 @@ def test_download_without_so_peek_off(guest):
             assert out.split()[0] == digest, out
     finally:
         tcp.peek_off = True
+
+
+def test_ping_via_ping_sockets_in_a_host_namespace(host_netns):
+    """minislirp runs inside a "host" namespace where ping sockets are allowed; the guest pings
+    the dead-end gateway namespace that the fixture owns (10.222.0.1), so nothing leaves the machine."""
+    from kboxnet_core.testing.netns import Netns
+
+    here = Path(__file__).parent
+    with Netns(area="mslp") as gns:
+        serve = subprocess.Popen([*host_netns.host.prefix(), sys.executable, str(here.parent / "bench" / "serve.py"),
+                                  "--netns", gns.name, "--allow", "10.222.0.1/32"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert serve.stdout.readline().strip() == "READY"
+            gns.ip("addr", "add", "10.0.2.15/24", "dev", "tap0")
+            gns.ip("route", "add", "default", "via", "10.0.2.2")
+            out = subprocess.run([*gns.prefix(), "busybox", "ping", "-c", "3", "-W", "2", host_netns.GW_ADDR],
+                                 capture_output=True, text=True, timeout=30).stdout
+            assert "3 packets received" in out, out
+            denied = subprocess.run([*gns.prefix(), "busybox", "ping", "-c", "1", "-W", "2", "192.0.2.1"],
+                                    capture_output=True, text=True, timeout=30)
+            assert "0 packets received" in denied.stdout + denied.stderr
+        finally:
+            serve.terminate()
+            _, err = serve.communicate(timeout=10)
+        assert "icmp.echo_out=3" in err, err[-2000:]
+        assert "drop.icmp_egress_denied=1" in err, err[-2000:]

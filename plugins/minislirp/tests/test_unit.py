@@ -266,3 +266,22 @@ def test_random_frames_never_raise(data):
     finally:
         eng.close()
         link.close()
+
+
+def test_ping_without_ping_sockets_is_counted_and_logged_once(caplog):
+    from kboxnet_minislirp.plugin import ping_sockets_permitted
+
+    if ping_sockets_permitted():
+        pytest.skip("ping sockets are permitted here; this test must not send a real echo request")
+    link = MemLink()
+    eng = Engine(link, guest_config(allow=("198.51.100.0/24",)).net)
+    try:
+        for seq in range(3):
+            req = Ether(src=GUEST_MAC, dst=HOST_MAC.hex(":")) / IP(src="10.0.2.15", dst="198.51.100.7") / \
+                ICMP(type=8, id=5, seq=seq)
+            assert feed(eng, req) == []
+        assert eng.counters["drop.icmp_no_ping_socket"] == 3
+        assert sum("ping sockets are not permitted" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        eng.close()
+        link.close()

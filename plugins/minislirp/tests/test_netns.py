@@ -23,7 +23,8 @@ from kboxnet_core.testing.servers import HttpFileServer
 
 pytestmark = pytest.mark.netns
 
-KINDS = {"tap": {}, "tap-vnet": {"vnet_hdr": True}, "stream": {"stream": True}}
+KINDS = {"tap": {}, "tap-vnet": {"vnet_hdr": True}, "stream": {"stream": True},
+         "stream-65520": {"stream": True, "mtu": 65520}, "tap-vnet-65520": {"vnet_hdr": True, "mtu": 65520}}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def guest(request, dns_server, tmp_path_factory):
     pcap = tmp_path_factory.mktemp("pcap") / f"{request.param}.pcap"
     with GuestNet(dns=(f"127.0.0.1:{dns_server.port}",), pcap=str(pcap), **KINDS[request.param]) as g:
         out = g.dhcp()
-        assert "KBN_LEASE ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3 mtu=1500 server=10.0.2.2" in out, out
+        mtu = KINDS[request.param].get("mtu", 1500)
+        assert f"KBN_LEASE ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3 mtu={mtu} server=10.0.2.2" in out, out
         g.pcap_path = pcap
         yield g
 

@@ -35,7 +35,8 @@ def big_sum(data: bytes | bytearray | memoryview) -> int:
     For big buffers the single-digit division of a 500,000-bit integer is the
     slow part; folding the integer in halves first (x = hi * 2**h + lo, and
     2**h == 1 when h is a multiple of 16) does the same with shifts, masks and
-    adds: 68 instead of 170 µs for 64 KB on this machine (int.from_bytes is 38).
+    adds: 68 instead of 170 µs for 64 KB on this machine (int.from_bytes is 38);
+    for MTU-sized segments it makes no measurable difference.
     """
     value = _from_bytes(data, "big")
     n = len(data)

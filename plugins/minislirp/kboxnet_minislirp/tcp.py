@@ -580,13 +580,7 @@ class Tcp:
                 else:
                     VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 16)
             else:
-                if l4len > 4096:
-                    value = big_sum(view[l4:end])
-                else:
-                    value = int.from_bytes(view[l4:end], "big")
-                    if l4len & 1:
-                        value <<= 8
-                total = (value + pseudo + l4len) % 0xFFFF
+                total = (big_sum(view[l4:end]) + pseudo + l4len) % 0xFFFF
                 h_pack(buf, l4 + 16, 0xFFFF - total if total else 0)
                 if vnet:
                     buf[0:HEADROOM] = VNET_HDR_NONE

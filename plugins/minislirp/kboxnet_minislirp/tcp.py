@@ -168,12 +168,12 @@ class Tcp:
         self.mtu_mss = engine.mtu - fam.l3_len - 20
         # frame slots: headroom + headers + one segment (a GSO super-frame with offload)
         self.seg_max = (fam.max_l4 - 20) if engine.offload else self.mtu_mss
-        self._hdr = HEADROOM + 14 + fam.l3_len + 20
-        self._slot_size = self._hdr + self.seg_max
+        # sized for the longest L3 header (IPv6, 40 bytes); payload offsets per header length
+        self._slot_size = HEADROOM + 14 + 40 + 20 + self.seg_max
         nslots = 8 if engine.offload else NSLOTS
         self._slots = [bytearray(self._slot_size) for _ in range(nslots)]
         self._slot_views = [memoryview(s) for s in self._slots]
-        self._payload_views = [v[self._hdr:] for v in self._slot_views]
+        self._payload_views = {l3: [v[HEADROOM + 14 + l3 + 20:] for v in self._slot_views] for l3 in (20, 40)}
         self._rand = random.Random()
 
     @staticmethod
@@ -466,7 +466,7 @@ class Tcp:
             return
         seg = self.seg_max if e.offload else min(flow.mss, self.seg_max)
         budget = avail if avail < TURN_BYTES else TURN_BYTES
-        views = self._payload_views
+        views = self._payload_views[flow.fam.l3_len]
         iov = []
         left = budget
         for view in views:

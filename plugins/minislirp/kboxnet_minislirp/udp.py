@@ -57,11 +57,10 @@ class Udp:
         self.e = engine
         self.c = engine.counters
         self.flows: dict[tuple, UdpFlow] = {}
-        fam = engine.ipv4
-        self._hdr = HEADROOM + 14 + fam.l3_len + 8
-        self._buf = bytearray(self._hdr + MAX_PAYLOAD)
+        self._buf = bytearray(HEADROOM + 14 + 40 + 8 + MAX_PAYLOAD)
         self._view = memoryview(self._buf)
-        self._payload = self._view[self._hdr:]
+        # payload offset per L3 header length (IPv4 20, IPv6 40)
+        self._payload = {l3: self._view[HEADROOM + 14 + l3 + 8:][:MAX_PAYLOAD] for l3 in (20, 40)}
 
     def input(self, fam: IPv4, frame: memoryview, p: Packet, csum_ok: bool) -> None:
         c = self.c
@@ -139,7 +138,7 @@ class Udp:
         sock = flow.sock
         buf = self._buf
         view = self._view
-        payload = self._payload
+        payload = self._payload[flow.fam.l3_len]
         fam = flow.fam
         for _ in range(BURST):
             try:

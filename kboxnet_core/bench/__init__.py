@@ -107,9 +107,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         sink = SinkServer(bound_socket(host.name, "0.0.0.0", SINK_PORT, listen=4096)).start()
         try:
             wait_for(lambda: _listening(host.name, IPERF_PORT), 10, what="iperf3 server")
+            # repeats are interleaved across paths, so that a burst of foreign load hits one run
+            # of several paths rather than every run of one path
             for mtu in mtus:
-                for path in paths:
-                    samples += _measure_path(path, host, mtu, args, seconds, rr_count, rr_conns, sink)
+                for rep in range(args.repeats):
+                    for path in paths:
+                        samples += _measure_path(path, host, mtu, rep, args, seconds, rr_count, rr_conns, sink)
         finally:
             sink.stop()
             echo.stop()
@@ -138,37 +141,36 @@ def _flow_counts(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _measure_path(path: GuestPath, host: HostNetns, mtu: int, args: argparse.Namespace, seconds: float,
-                  rr_count: int, rr_conns: int, sink: SinkServer) -> list[measure.Sample]:
+def _measure_path(path: GuestPath, host: HostNetns, mtu: int, rep: int, args: argparse.Namespace,
+                  seconds: float, rr_count: int, rr_conns: int, sink: SinkServer) -> list[measure.Sample]:
     out: list[measure.Sample] = []
     try:
         with path.attach(host, mtu) as att:
-            for rep in range(args.repeats):
-                if not args.no_throughput:
-                    for reverse in (False, True):
-                        idle = cpu.wait_idle(args.idle_threshold, timeout=args.idle_timeout)
-                        s = measure.iperf(att, path.name, IPERF_PORT, mtu, reverse, seconds, rep, idle)
-                        _log(f"{path.name:<12} mtu {mtu:<6} {s.test:<5} #{rep}: "
-                             + (f"{s.gbps:.3f} Gbit/s retr {s.retransmits}" if not s.error else s.error)
-                             + f" (foreign cpu {s.cpu_foreign_pct:.0f}%)")
-                        out.append(s)
-                if not args.no_rr:
+            if not args.no_throughput:
+                for reverse in (False, True):
                     idle = cpu.wait_idle(args.idle_threshold, timeout=args.idle_timeout)
-                    s = measure.pingpong(att, path.name, ECHO_PORT, mtu, rep, rr_count, rr_conns, idle)
-                    _log(f"{path.name:<12} mtu {mtu:<6} rr    #{rep}: "
-                         + (f"p50 {s.rr_p50_us} us p99 {s.rr_p99_us} us, {s.conn_per_s} conn/s"
-                            if not s.error else s.error))
+                    s = measure.iperf(att, path.name, IPERF_PORT, mtu, reverse, seconds, rep, idle)
+                    _log(f"{path.name:<12} mtu {mtu:<6} {s.test:<5} #{rep}: "
+                         + (f"{s.gbps:.3f} Gbit/s retr {s.retransmits}" if not s.error else s.error)
+                         + f" (foreign cpu {s.cpu_foreign_pct:.0f}%)")
                     out.append(s)
-                for n in _flow_counts(args.flows):
-                    idle = cpu.wait_idle(args.idle_threshold, timeout=args.idle_timeout)
-                    s = measure.flows(att, path.name, sink, mtu, rep, n, seconds, idle)
-                    _log(f"{path.name:<12} mtu {mtu:<6} flows {n:<5} #{rep}: "
-                         + (f"{s.gbps} Gbit/s, peak RSS {s.rss_mib} MiB, lost {s.lost_bytes} B"
-                            if not s.error else s.error))
-                    out.append(s)
+            if not args.no_rr:
+                idle = cpu.wait_idle(args.idle_threshold, timeout=args.idle_timeout)
+                s = measure.pingpong(att, path.name, ECHO_PORT, mtu, rep, rr_count, rr_conns, idle)
+                _log(f"{path.name:<12} mtu {mtu:<6} rr    #{rep}: "
+                     + (f"p50 {s.rr_p50_us} us p99 {s.rr_p99_us} us, {s.conn_per_s} conn/s"
+                        if not s.error else s.error))
+                out.append(s)
+            for n in _flow_counts(args.flows):
+                idle = cpu.wait_idle(args.idle_threshold, timeout=args.idle_timeout)
+                s = measure.flows(att, path.name, sink, mtu, rep, n, seconds, idle)
+                _log(f"{path.name:<12} mtu {mtu:<6} flows {n:<5} #{rep}: "
+                     + (f"{s.gbps} Gbit/s, peak RSS {s.rss_mib} MiB, lost {s.lost_bytes} B"
+                        if not s.error else s.error))
+                out.append(s)
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         _log(f"{path.name} mtu {mtu}: setup failed: {exc}")
-        out.append(measure.Sample(path=path.name, test="up", mtu=mtu, repeat=0, error=f"setup: {exc}"))
+        out.append(measure.Sample(path=path.name, test="up", mtu=mtu, repeat=rep, error=f"setup: {exc}"))
     return out
 
 

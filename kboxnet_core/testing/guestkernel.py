@@ -9,6 +9,7 @@ modules are kept (a few MB instead of 400 MB). Cached under
 
 from __future__ import annotations
 
+import fcntl
 import lzma
 import os
 import re
@@ -84,12 +85,21 @@ def _complete(dest: Path) -> GuestKernel | None:
 
 
 def fetch_kernel(package: str | None = None, cache: Path | None = None) -> GuestKernel:
-    """Return the cached kernel for ``package``, downloading and extracting it if needed."""
+    """Return the cached kernel for ``package``, downloading and extracting it if needed.
+
+    Concurrent callers (parallel test runs) serialize on a lock file in the cache.
+    """
     package = package or kernel_package()
     dest = (cache or cache_dir()) / package
     found = _complete(dest)
     if found:
         return found
+    with open(dest.parent / f".{package}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _complete(dest) or _fetch(package, dest)
+
+
+def _fetch(package: str, dest: Path) -> GuestKernel:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="kbn-kernel-") as tmp:

@@ -9,6 +9,7 @@ kernels, so the boot is TCG: about 6-7 s.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -47,7 +48,7 @@ def prepare_guest(cache: Path | None = None) -> GuestImage:
     """Fetch the kernel (cached) and build the initramfs (cached per kernel)."""
     kernel = fetch_kernel(cache=cache)
     initrd = kernel.vmlinuz.parent / "initrd-e2e.cpio.gz"
-    tmp = initrd.with_suffix(".tmp")
+    tmp = initrd.with_suffix(f".{os.getpid()}.tmp")
     build_initramfs(kernel, tmp)
     tmp.replace(initrd)
     return GuestImage(kernel, initrd)

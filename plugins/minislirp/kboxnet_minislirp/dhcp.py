@@ -59,6 +59,20 @@ def encode_search(domains: tuple[str, ...]) -> bytes:
     return bytes(out)
 
 
+def host_search_domains(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The host's DNS search list (the last ``search``/``domain`` line wins, as in resolv.conf(5))."""
+    found: tuple[str, ...] = ()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] in ("search", "domain"):
+                    found = tuple(p for p in parts[1:] if p != ".")
+    except OSError:
+        pass
+    return found
+
+
 def classless_route(net: ipaddress.IPv4Network, router: bytes) -> bytes:
     """One RFC 3442 entry: width, significant octets, router."""
     width = net.prefixlen

@@ -21,7 +21,7 @@ from kboxnet_core.links.base import Link, LinkClosed
 
 from .arp import Arp
 from .counters import Counters
-from .dhcp import DhcpServer
+from .dhcp import DhcpServer, host_search_domains
 from .family import IPv4
 from .icmp import Icmp
 from .pcap import PcapWriter
@@ -82,7 +82,8 @@ class Engine:
         self.pcap = PcapWriter(net.pcap) if net.pcap else None
         self.arp = Arp(self)
         self.dhcp = DhcpServer(self, address=self.guest_ip4, prefix_len=v4.prefix_len, gateway=self.gateway4,
-                               dns=self.dns4, lease_time=v4.lease_time, mtu=self.mtu)
+                               dns=self.dns4, lease_time=v4.lease_time, mtu=self.mtu,
+                               search=() if net.dns else host_search_domains())
         self.icmp = Icmp(self)
         self.udp = Udp(self)
         self.tcp = Tcp(self)

@@ -8,15 +8,15 @@ import tempfile
 from pathlib import Path
 
 from guest import guest_config
+from kboxnet_minislirp.plugin import MinislirpBackend, kboxnet_register_backends
+from kboxnet_minislirp.settings import MinislirpSettings
+from kboxnet_minislirp.wire import HOST_MAC
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 
 from kboxnet_core.backend import SessionContext
 from kboxnet_core.config.model import Config
 from kboxnet_core.links.stream import StreamLink
-from kboxnet_minislirp.plugin import MinislirpBackend, kboxnet_register_backends
-from kboxnet_minislirp.settings import MinislirpSettings
-from kboxnet_minislirp.wire import HOST_MAC
 
 
 def _open(cfg: Config | None = None):

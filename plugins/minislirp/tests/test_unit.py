@@ -285,3 +285,23 @@ def test_ping_without_ping_sockets_is_counted_and_logged_once(caplog):
     finally:
         eng.close()
         link.close()
+
+
+def test_dhcp_search_option_from_host_resolv_conf(tmp_path):
+    from kboxnet_minislirp.dhcp import DhcpServer, host_search_domains
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.53\nsearch corp.example lab.example\n")
+    assert host_search_domains(str(conf)) == ("corp.example", "lab.example")
+    assert host_search_domains(str(tmp_path / "missing")) == ()
+    link = MemLink()
+    eng = Engine(link, guest_config().net)
+    try:
+        eng.dhcp = DhcpServer(eng, address=eng.guest_ip4, prefix_len=24, gateway=eng.gateway4, dns=eng.dns4,
+                              lease_time=3600, mtu=1500, search=("corp.example",))
+        (offer,) = feed(eng, _dhcp("discover"))
+        opts = parse_options(bytes(offer[UDP].payload)[240:])
+        assert opts[119] == b"\x04corp\x07example\x00"
+    finally:
+        eng.close()
+        link.close()

@@ -2,8 +2,10 @@
 
 "Ours" is this process and every descendant (iperf3, the backends, the
 guest command): ``utime+stime+cutime+cstime`` of this process plus the same
-of each live descendant. Everything else the kernel counts as busy in
-``/proc/stat`` is foreign load (the machine is shared).
+of each live descendant. "Foreign" is the same sum over every other
+user-space process (kernel threads such as ksoftirqd are left out: they
+mostly carry our own traffic, as does softirq time). A process that exits is
+still counted, through its parent's ``cutime``/``cstime``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def _proc_stat(pid: int) -> tuple[int, list[str]] | None:
     return int(rest[1]), rest  # ppid, fields from state on
 
 
-def _tree_jiffies(root: int) -> float:
-    """CPU jiffies of ``root`` (incl. reaped children) and all live descendants."""
+PF_KTHREAD = 0x00200000
+
+
+def _tree_jiffies(root: int) -> tuple[float, float]:
+    """CPU jiffies of (``root`` and its descendants, every other user-space process)."""
     parents: dict[int, int] = {}
     stats: dict[int, list[str]] = {}
     for name in os.listdir("/proc"):
@@ -46,15 +51,20 @@ def _tree_jiffies(root: int) -> float:
         got = _proc_stat(int(name))
         if got:
             parents[int(name)], stats[int(name)] = got
-    total = 0.0
+    ours = foreign = 0.0
     for pid, fields in stats.items():
+        # fields[6] = flags (stat field 9); fields[11..14] = utime stime cutime cstime (fields 14..17)
+        if int(fields[6]) & PF_KTHREAD:
+            continue
+        jiffies = sum(int(x) for x in fields[11:15])
         p = pid
         while p and p != root and p in parents:
             p = parents[p]
         if p == root:
-            # fields[11..14] = utime stime cutime cstime (stat fields 14..17)
-            total += sum(int(x) for x in fields[11:15])
-    return total
+            ours += jiffies
+        else:
+            foreign += jiffies
+    return ours, foreign
 
 
 @attrs.frozen
@@ -62,17 +72,23 @@ class CpuSample:
     busy: float
     total: float
     ours: float
+    foreign: float
     when: float
 
 
 def sample() -> CpuSample:
     busy, total = _busy_total()
-    return CpuSample(busy, total, _tree_jiffies(os.getpid()), time.monotonic())
+    ours, foreign = _tree_jiffies(os.getpid())
+    return CpuSample(busy, total, ours, foreign, time.monotonic())
 
 
 @attrs.frozen
 class CpuUsage:
-    """CPU use between two samples, in percent of one core."""
+    """CPU use between two samples, in percent of one core.
+
+    ``busy`` is the whole machine (incl. softirq and kernel threads); ``ours``
+    and ``foreign`` are user-space process trees (see the module docstring).
+    """
 
     busy_pct: float
     ours_pct: float
@@ -83,7 +99,8 @@ def usage(a: CpuSample, b: CpuSample) -> CpuUsage:
     wall = max(b.when - a.when, 1e-6)
     busy = (b.busy - a.busy) / CLK_TCK / wall * 100
     ours = (b.ours - a.ours) / CLK_TCK / wall * 100
-    return CpuUsage(round(busy, 1), round(ours, 1), round(max(busy - ours, 0.0), 1))
+    foreign = (b.foreign - a.foreign) / CLK_TCK / wall * 100
+    return CpuUsage(round(busy, 1), round(ours, 1), round(max(foreign, 0.0), 1))
 
 
 def wait_idle(max_foreign_pct: float = 25.0, window: float = 1.0, timeout: float = 30.0) -> CpuUsage:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -76,3 +77,13 @@ def test_bench_veth_tiny_run():
     assert rows[("veth", "rr")]["conn_per_s"] > 0 and rows[("veth", "rr")]["failed"] == 0
     flows = rows[("veth", "flows")]
     assert flows["flows"] == 20 and flows["failed"] == 0 and flows["lost_bytes"] == 0 and flows["median"] > 0.1
+
+
+def test_cpu_usage_counts_orphans_as_foreign():
+    a = cpu.sample()
+    # the busy loop is orphaned at once (its shell exits), so it is not in our process tree
+    subprocess.run(["sh", "-c", f"{sys.executable} -c 'import time\nt=time.time()\nwhile time.time()-t<0.6: pass' &"],
+                   check=True)
+    time.sleep(0.8)
+    u = cpu.usage(a, cpu.sample())
+    assert u.foreign_pct > 40

@@ -21,8 +21,18 @@ import attrs
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _tls = threading.local()  # per-thread reusable ctypes buffers for the hot path
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_raw_syscall = _libc.syscall
+_raw_syscall.restype = ctypes.c_long
+_L = ctypes.c_long
+
+
+def _syscall(nr: int, *args: object) -> int:
+    """``syscall(2)`` with every integer passed as a full ``long``.
+
+    syscall() is variadic: a Python int would go as a C int, leaving the upper
+    half of the 64-bit register undefined (seen as EINVAL from process_vm_readv).
+    """
+    return _raw_syscall(_L(nr), *(_L(a) if isinstance(a, int) else a for a in args))
 
 # --- syscall numbers (x86_64 native table) ---------------------------------------------------
 NR_SECCOMP = 317
@@ -207,7 +217,8 @@ def notif_sizes() -> tuple[int, int, int]:
 
 
 def no_new_privs() -> None:
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)  # prctl is variadic: pass full longs
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, one, zero, zero, zero), "prctl(NO_NEW_PRIVS)")
 
 
 def setns(fd: int, nstype: int) -> None:
@@ -230,6 +241,9 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
+_NR_VM, _ONE, _ZERO = _L(NR_PROCESS_VM_READV), _L(1), _L(0)
+
+
 def _vm_state() -> tuple:
     try:
         return _tls.vm
@@ -248,7 +262,7 @@ def read_target_memory(pid: int, addr: int, size: int) -> bytes:
     buf, local, remote, plocal, premote = _vm_state()
     local.len = remote.len = size
     remote.base = addr
-    n = _check(_syscall(NR_PROCESS_VM_READV, pid, plocal, 1, premote, 1, 0), "process_vm_readv")
+    n = _check(_raw_syscall(_NR_VM, _L(pid), plocal, _ONE, premote, _ONE, _ZERO), "process_vm_readv")
     return buf.raw[:n]
 
 

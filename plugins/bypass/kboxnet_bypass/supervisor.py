@@ -108,6 +108,7 @@ class Supervisor:
         self._pending: dict[int, _Pending] = {}
         self._new_pending: list[int] = []
         self._epoll_seen = False
+        self._injected_any = False  # until then no host socket can exist in the sandbox
         self._epoll_fds = EpollFdCache()
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rearmer = EpollRearmer()
@@ -232,6 +233,25 @@ class Supervisor:
         fd = notif.args[0] & 0xFFFFFFFF
         addr_ptr = notif.args[1]
         addrlen = notif.args[2] & 0xFFFFFFFF
+        raw: bytes | None = None
+        if 0 < addrlen <= MAX_SOCKADDR:
+            try:
+                raw = abi.read_target_memory(notif.pid, addr_ptr, addrlen)
+            except OSError:
+                raw = None
+        if not abi.notif_id_valid(self.listener, notif.id):  # after every read of target memory
+            self._count("stale")
+            return
+        if raw is None or len(raw) != addrlen:
+            self._reply(notif, err=errno.EFAULT if addrlen else errno.EINVAL)
+            return
+        family = sockaddr_family(raw)
+        dest = parse_sockaddr(raw)
+        why_not = self._destination_not_bypassable(family, dest)
+        if why_not and not self._injected_any:
+            # fast path: no host socket exists in the sandbox, so this is the namespace's business
+            self._continue_in_namespace(notif, fd, family, dest, why_not)
+            return
         try:
             pidfd = open_pidfd(notif.pid)
         except OSError:
@@ -239,17 +259,8 @@ class Supervisor:
             return  # the thread is gone (killed): no one to answer
         copy = -1
         try:
-            raw: bytes | None = None
-            if 0 < addrlen <= MAX_SOCKADDR:
-                try:
-                    raw = abi.read_target_memory(notif.pid, addr_ptr, addrlen)
-                except OSError:
-                    raw = None
-            if not abi.notif_id_valid(self.listener, notif.id):
+            if not abi.notif_id_valid(self.listener, notif.id):  # the pidfd names the blocked thread
                 self._count("stale")
-                return
-            if raw is None or len(raw) != addrlen:
-                self._reply(notif, err=errno.EFAULT if addrlen else errno.EINVAL)
                 return
             try:
                 copy = abi.pidfd_getfd(pidfd, fd)
@@ -260,18 +271,13 @@ class Supervisor:
             if info is None:
                 self._reply(notif, err=errno.ENOTSOCK)
                 return
-            family = sockaddr_family(raw)
-            dest = parse_sockaddr(raw)
             if info.cookie == self.facts.host_cookie:
                 self._connect_host_socket(notif, fd, copy, info, family, dest)
                 copy = -1  # handed over
                 return
-            reason = self._ineligible(info, family, dest)
+            reason = why_not or self._ineligible(info, dest)
             if reason:
-                self._count("namespace")
-                level = logging.INFO if family in (socket.AF_INET, socket.AF_INET6) else logging.DEBUG
-                self._log(notif, fd, dest or f"family={family}", f"namespace ({reason})", level)
-                self._reply(notif, cont=True)
+                self._continue_in_namespace(notif, fd, family, dest, reason)
                 return
             assert dest is not None
             self._bypass(notif, fd, copy, info, dest)
@@ -281,25 +287,40 @@ class Supervisor:
             if copy >= 0:
                 os.close(copy)
 
-    def _ineligible(self, info: sockstate.SocketInfo, family: int | None, dest: Destination | None) -> str:
-        if info.cookie != self.facts.ns_cookie:
-            return "other-netns"
+    def _continue_in_namespace(
+        self, notif: abi.Notification, fd: int, family: int | None, dest: Destination | None, reason: str
+    ) -> None:
+        self._reply(notif, cont=True)
+        self._count("namespace")
+        level = logging.INFO if family in (socket.AF_INET, socket.AF_INET6) else logging.DEBUG
+        self._log(notif, fd, dest or f"family={family}", f"namespace ({reason})", level)
+
+    def _destination_not_bypassable(self, family: int | None, dest: Destination | None) -> str:
+        """Why this address (our copy) is not for a host socket; "" when it is."""
         if family not in (socket.AF_INET, socket.AF_INET6):
             return "not-inet"
+        if dest is None:
+            return "bad-address"
+        if dest.scope_id:
+            return "scoped"
+        if not self.settings.policy.permits(dest):
+            return "policy"
+        return ""
+
+    def _ineligible(self, info: sockstate.SocketInfo, dest: Destination | None) -> str:
+        """Why this namespace socket must stay on the namespace stack ("" = eligible)."""
+        if info.cookie != self.facts.ns_cookie:
+            return "other-netns"
         if not info.is_tcp:
             return "not-tcp"
         if dest is None or dest.family != info.domain:
-            return "bad-address"
+            return "family-mismatch"
         if info.connected:
             return "connected"
         if info.bound:
             return "bound"
         if info.has_device or info.mark:
             return "device-or-mark"
-        if dest.scope_id:
-            return "scoped"
-        if not self.settings.policy.permits(dest):
-            return "policy"
         return ""
 
     def _bypass(
@@ -415,6 +436,7 @@ class Supervisor:
                 self._count("epoll_rearmed", count)
                 if error:
                     log.warning("bypass: epoll re-arm for pid=%d fd=%d failed: %s", notif.pid, fd, error)
+            self._injected_any = True
             self._reply(notif, err=result)
             # off the caller's critical path: bookkeeping, and (without epoll items) the old socket's release
             self._count("bypassed")

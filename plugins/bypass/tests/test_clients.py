@@ -154,7 +154,7 @@ def test_iperf3(netns, tmp_path):
             srv.kill()
             srv.wait()
     res = run.json()
-    assert run.rc == 0, res
+    assert run.rc == 0 and "error" not in res, (res.get("error"), run.counters)
     bps = res["end"]["sum_received"]["bits_per_second"]
     assert bps > 1e9  # a host loopback socket, not a frame backend
     assert run.counters["bypassed"] >= 2  # control + data connections

@@ -91,6 +91,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_FILES = 0x00000400
+CLONE_FS = 0x00000200
 PIDFD_THREAD = os.O_EXCL
 
 # --- sockets -------------------------------------------------------------------------------------
@@ -338,5 +339,12 @@ def socket_raw(family: int, type_: int, proto: int) -> int:
 def connect_raw(fd: int, addr: bytes) -> int:
     """``connect`` with a raw sockaddr; returns 0 or a positive errno (like ``connect_ex``)."""
     if _libc.connect(fd, addr, len(addr)) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def listen_raw(fd: int, backlog: int) -> int:
+    """``listen``; returns 0 or a positive errno."""
+    if _libc.listen(fd, backlog) == 0:
         return 0
     return ctypes.get_errno()

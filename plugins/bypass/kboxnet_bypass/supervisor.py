@@ -39,6 +39,7 @@ import attrs
 
 from . import abi, sockstate
 from .epoll import EpollRearmer
+from .mediator import Mediator
 from .policy import AF_UNSPEC, BypassPolicy, Destination, parse_sockaddr, sockaddr_family
 from .target import EpollFdCache, epoll_registrations, fd_cloexec, open_pidfd
 
@@ -112,6 +113,7 @@ class Supervisor:
         self._epoll_fds = EpollFdCache()
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rearmer = EpollRearmer()
+        self._mediator = Mediator()
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
 
@@ -176,6 +178,7 @@ class Supervisor:
                 self._drop_pending(p, errno.EINTR)
             self._pending.clear()
             self._rearmer.close()
+            self._mediator.close()
             for fd in (self._stop_r, self._stop_w, self.listener):
                 try:
                     os.close(fd)
@@ -277,7 +280,11 @@ class Supervisor:
                 return
             reason = why_not or self._ineligible(info, dest)
             if reason:
-                self._continue_in_namespace(notif, fd, family, dest, reason)
+                if self._injected_any:  # CONTINUE could now hit a host socket dup2'ed onto fd
+                    self._mediate(notif, fd, copy, family, dest, raw, reason)
+                    copy = -1  # handed over
+                else:
+                    self._continue_in_namespace(notif, fd, family, dest, reason)
                 return
             assert dest is not None
             self._bypass(notif, fd, copy, info, dest)
@@ -294,6 +301,29 @@ class Supervisor:
         self._count("namespace")
         level = logging.INFO if family in (socket.AF_INET, socket.AF_INET6) else logging.DEBUG
         self._log(notif, fd, dest or f"family={family}", f"namespace ({reason})", level)
+
+    def _mediate(
+        self,
+        notif: abi.Notification,
+        fd: int,
+        copy: int,
+        family: int | None,
+        dest: Destination | None,
+        raw: bytes,
+        reason: str,
+    ) -> None:
+        """Connect the program's namespace socket ourselves (see kboxnet_bypass.mediator)."""
+        self._count("namespace")
+        self._count("mediated")
+        level = logging.INFO if family in (socket.AF_INET, socket.AF_INET6) else logging.DEBUG
+        self._log(notif, fd, dest or f"family={family}", f"namespace ({reason}, mediated)", level)
+        nonblock = bool(fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK)
+        if nonblock and family != socket.AF_UNIX:
+            err = abi.connect_raw(copy, raw)
+            os.close(copy)
+            self._reply(notif, err=err)
+            return
+        self._mediator.submit(notif.pid, copy, raw, lambda err: self._reply(notif, err=err))
 
     def _destination_not_bypassable(self, family: int | None, dest: Destination | None) -> str:
         """Why this address (our copy) is not for a host socket; "" when it is."""
@@ -540,17 +570,24 @@ class Supervisor:
                 self._reply(notif, cont=True)  # EBADF comes from the kernel
                 return
             try:
-                cookie = abi.netns_cookie(copy)
-            except OSError:
-                cookie = 0
+                try:
+                    cookie = abi.netns_cookie(copy)
+                except OSError:
+                    cookie = 0
+                is_listen = notif.nr == abi.NR_X86_64["listen"]
+                if cookie == self.facts.host_cookie:
+                    self._count("host_refused")
+                    self._log(notif, fd, "listen" if is_listen else "bind", "refused (host socket)", logging.WARNING)
+                    self._reply(notif, err=errno.EINVAL)
+                    return
+                if is_listen and self._injected_any:
+                    # as for connect: never CONTINUE a listen once host sockets exist (fd swap race)
+                    backlog = notif.args[1] & 0xFFFFFFFF
+                    backlog = backlog - (1 << 32) if backlog & 0x80000000 else backlog
+                    self._reply(notif, err=abi.listen_raw(copy, backlog))
+                    return
             finally:
                 os.close(copy)
-            if cookie == self.facts.host_cookie:
-                self._count("host_refused")
-                call = "bind" if notif.nr == abi.NR_X86_64["bind"] else "listen"
-                self._log(notif, fd, call, "refused (host socket)", logging.WARNING)
-                self._reply(notif, err=errno.EINVAL)
-                return
             self._reply(notif, cont=True)
         finally:
             os.close(pidfd)

@@ -112,3 +112,21 @@ def test_io_uring_refused(netns, servers, tmp_path):
     if not _native_io_uring_works():
         pytest.xfail("io_uring is disabled on this host anyway; the ENOSYS above may be the kernel's")
     assert denied.accepted == 0
+
+
+def test_fd_swap_race_on_namespace_connects(netns, servers, tmp_path):
+    """A thread dup2()s a host socket onto fd N while another connects N (AF_UNSPEC, then denied).
+
+    Answering CONTINUE would let the kernel re-read the fd and run the connect on the host
+    socket; once a host socket exists, the supervisor performs such connects itself.
+    """
+    allowed, denied = servers
+    exe = compile_c("fdswap", tmp_path)
+    run = run_bypassed(netns, [str(exe), str(allowed.port), str(denied.port), "4"],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o", timeout=60)
+    res = run.json()
+    print("fdswap:", res, run.counters)
+    assert res["tries"] >= 1000, res
+    assert denied.accepted == 0  # 0 escapes
+    # both sides of the race were exercised
+    assert run.counters["host_refused"] > 0 and run.counters["mediated"] > 0, run.counters

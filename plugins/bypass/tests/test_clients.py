@@ -158,3 +158,20 @@ def test_iperf3(netns, tmp_path):
     bps = res["end"]["sum_received"]["bits_per_second"]
     assert bps > 1e9  # a host loopback socket, not a frame backend
     assert run.counters["bypassed"] >= 2  # control + data connections
+
+
+def test_namespace_connects_after_a_bypass_are_mediated(netns, servers, tmp_path):
+    """TCP (blocking, non-blocking), UDP and AF_UNIX (relative, absolute, abstract) keep working."""
+    allowed, _ = servers
+    work = tmp_path / "w"
+    work.mkdir()
+    run = run_bypassed(netns, [PY, PYCLIENT, "mediated", str(allowed.port), str(work)],
+                       allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    res = run.json()
+    assert res["greeting"] == "ALLOWED\n"
+    assert res["tcp_blocking"] == "ns" and res["tcp_nonblocking_first"] in ("EINPROGRESS", "0")
+    assert res["udp"] == "udp"
+    assert res["unix_relative"] == "unix_relative" and res["unix_absolute"] == "unix_absolute"
+    assert res["unix_abstract"] == "unix_abstract"
+    assert res["unix_missing"] == "ENOENT"
+    assert run.counters["mediated"] >= 7, run.counters

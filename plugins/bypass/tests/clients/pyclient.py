@@ -219,6 +219,44 @@ def mode_iouring(allowed: int) -> dict:
     return res
 
 
+def mode_mediated(allowed: int, workdir: str) -> dict:
+    """After a bypass, connects that stay in the namespace are done by the supervisor."""
+    res: dict = {"greeting": fetch(allowed)["data"]}  # a host socket now exists
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(8)
+    c = socket.create_connection(srv.getsockname(), timeout=5)  # blocking, namespace loopback
+    a, _ = srv.accept()
+    a.sendall(b"ns")
+    res["tcp_blocking"] = c.recv(10).decode()
+    n = socket.socket()
+    n.setblocking(False)
+    res["tcp_nonblocking_first"] = errno.errorcode.get(n.connect_ex(srv.getsockname()), "0")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    userver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    userver.bind((HOST, 0))
+    u.connect(userver.getsockname())
+    u.send(b"udp")
+    res["udp"] = userver.recv(10).decode()
+    os.chdir(workdir)
+    for label, path in (("unix_relative", "rel.sock"), ("unix_absolute", os.path.join(workdir, "abs.sock")),
+                        ("unix_abstract", f"\0kbn-bp-abstract-{os.getpid()}")):
+        ls = socket.socket(socket.AF_UNIX)
+        ls.bind(path)
+        ls.listen(1)
+        cs = socket.socket(socket.AF_UNIX)
+        cs.connect(path)
+        peer, _ = ls.accept()
+        peer.sendall(label.encode())
+        res[label] = cs.recv(40).decode()
+    try:
+        socket.socket(socket.AF_UNIX).connect(os.path.join(workdir, "missing.sock"))
+        res["unix_missing"] = "ok"
+    except OSError as exc:
+        res["unix_missing"] = err_name(exc)
+    return res
+
+
 def _percentiles(samples: list[float]) -> dict:
     samples.sort()
     n = len(samples)

@@ -81,7 +81,7 @@ class TcpFlow:
         "seq_to_tap", "seq_ack_from_tap", "seq_max", "seq_from_tap", "seq_ack_to_tap",
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
-        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq", "undiscarded",
+        "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq", "undiscarded", "keepalive",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -109,6 +109,7 @@ class TcpFlow:
         self.fin_acked = False
         self.fin_seq = -1
         self.undiscarded = 0
+        self.keepalive = False
         self.fin_from_tap = False
         self.dup_acks = 0
         self.rto_at = 0.0
@@ -321,6 +322,12 @@ class Tcp:
             if behind >= plen:
                 if not (fin and behind == plen):
                     flow.force_ack = True  # old data or a keepalive probe
+                    if behind == 1 and plen <= 1 and not flow.keepalive:
+                        flow.keepalive = True  # the guest keeps it alive: let the host side probe too
+                        try:
+                            flow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                        except OSError:
+                            pass
                     return
                 plen = 0
             else:

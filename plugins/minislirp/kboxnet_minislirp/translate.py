@@ -39,6 +39,8 @@ class Translator:
     policy: EgressPolicy
     map_gateway: bool = True
     loopback: str = "127.0.0.1"
+    #: the resolver new DNS flows go to; advanced by :meth:`resolver_failed`
+    current: int = 0
 
     @classmethod
     def from_config(cls, gateway: bytes, dns: bytes, resolver_specs: tuple[str, ...], policy: EgressPolicy,
@@ -61,7 +63,7 @@ class Translator:
                 return Target(refused="dns_port")
             if not self.resolvers:
                 return Target(refused="no_resolver")
-            addr, rport = self.resolvers[0]
+            addr, rport = self.resolvers[self.current % len(self.resolvers)]
             return Target(str(addr), rport, dns=True)
         if dst == self.gateway:
             if not self.map_gateway:
@@ -72,3 +74,11 @@ class Translator:
         if not self.policy.permits(ipaddress.ip_address(host), port):
             return Target(refused="egress_denied")
         return Target(host, port)
+
+    def resolver_failed(self, host: str, port: int) -> None:
+        """A resolver answered with an ICMP error: send new DNS flows to the next one."""
+        if not self.resolvers:
+            return
+        addr, rport = self.resolvers[self.current % len(self.resolvers)]
+        if str(addr) == host and rport == port:
+            self.current += 1

@@ -19,6 +19,7 @@ from .wire import HEADROOM, HOST_MAC, IPPROTO_UDP, UDP, VNET, VNET_F_NEEDS_CSUM
 if TYPE_CHECKING:
     from .engine import Engine
     from .family import IPv4, Packet
+    from .translate import Target
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
@@ -32,7 +33,7 @@ MAX_PAYLOAD = 65535 - 8
 
 class UdpFlow:
     __slots__ = ("key", "fam", "sock", "fd", "gaddr", "gport", "raddr", "rport", "pseudo", "last", "timeout",
-                 "last_len")
+                 "last_len", "target", "last_query")
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
                  rport: int, now: float, timeout: float) -> None:
@@ -48,6 +49,8 @@ class UdpFlow:
         self.last = now
         self.timeout = timeout
         self.last_len = 0
+        self.target: Target | None = None
+        self.last_query = b""  # DNS flows only: resent to the next resolver if one fails
 
 
 class Udp:
@@ -93,6 +96,8 @@ class Udp:
                 return
         flow.last = self.e.now
         flow.last_len = ulen
+        if flow.target is not None and flow.target.dns:
+            flow.last_query = bytes(frame[l4 + 8:end])
         try:
             flow.sock.send(frame[l4 + 8:end])
         except (BlockingIOError, InterruptedError):
@@ -124,6 +129,7 @@ class Udp:
             return None
         timeout = e.settings.dns_timeout if target.dns else e.settings.udp_timeout
         flow = UdpFlow(key, fam, sock, p.src, sport, p.dst, dport, e.now, timeout)
+        flow.target = target
         self.flows[key] = flow
         self.c["udp.flows"] += 1
         e.register(flow.fd, select.EPOLLIN, lambda ev, f=flow: self._sock_event(f, ev))
@@ -177,9 +183,28 @@ class Udp:
                     continue
                 _err, origin, itype, code, _pad, _info, _d = _EE.unpack_from(cdata)
                 if origin == SO_EE_ORIGIN_ICMP and itype == 3:
+                    if flow.target is not None and flow.target.dns and self._dns_failover(flow):
+                        continue
                     self.c["udp.icmp_reflected"] += 1
                     self.e.icmp.unreachable_for_flow(flow.fam, flow.gaddr, flow.gport, flow.raddr, flow.rport,
                                                      IPPROTO_UDP, code, bytes(data[:64]))
+
+    def _dns_failover(self, flow: UdpFlow) -> bool:
+        """The resolver of a DNS flow is down: move the flow to the next one and resend the query."""
+        tr = self.e.translator(flow.fam.version)
+        old = flow.target
+        tr.resolver_failed(old.host, old.port)
+        self.c["dns.resolver_failed"] += 1
+        new = tr.target(flow.raddr, flow.rport)
+        if new.refused or (new.host, new.port) == (old.host, old.port) or not flow.last_query:
+            return False
+        try:
+            flow.sock.connect((new.host, new.port))
+            flow.sock.send(flow.last_query)
+        except OSError:
+            return False
+        flow.target = new
+        return True
 
     def tick(self, now: float) -> None:
         for flow in [f for f in self.flows.values() if now - f.last > f.timeout]:

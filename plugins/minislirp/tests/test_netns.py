@@ -196,3 +196,15 @@ def test_ping_via_ping_sockets_in_a_host_namespace(host_netns):
             _, err = serve.communicate(timeout=10)
         assert "icmp.echo_out=3" in err, err[-2000:]
         assert "drop.icmp_egress_denied=1" in err, err[-2000:]
+
+
+def test_dns_fails_over_to_the_next_resolver(dns_server):
+    """The first resolver refuses (ICMP port unreachable): the guest's retry goes to the second."""
+    if netns_supported():
+        pytest.skip(netns_supported())
+    dead = _closed_port(socket.SOCK_DGRAM)
+    with GuestNet(dns=(f"127.0.0.1:{dead}", f"127.0.0.1:{dns_server.port}")) as g:
+        assert "KBN_LEASE" in g.dhcp()
+        out = run_in(g, ["busybox", "nslookup", "-timeout=1", "-retry=3", "again.example.test", "10.0.2.3"])
+        assert "192.0.2.10" in out, out
+        assert g.session.counters()["dns.resolver_failed"] >= 1

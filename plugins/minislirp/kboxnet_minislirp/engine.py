@@ -23,6 +23,7 @@ from .arp import Arp
 from .counters import Counters
 from .dhcp import DhcpServer, host_search_domains
 from .family import IPv4
+from .forward import Forwarder
 from .icmp import Icmp
 from .pcap import PcapWriter
 from .settings import MinislirpSettings
@@ -87,6 +88,7 @@ class Engine:
         self.icmp = Icmp(self)
         self.udp = Udp(self)
         self.tcp = Tcp(self)
+        self.forwarder = Forwarder(self, net.forward)
         self._link_out = False
         self._logged: set[str] = set()
 
@@ -245,6 +247,7 @@ class Engine:
         """Close every host socket and the pcap file (never the link)."""
         self.tcp.close_all()
         self.udp.close_all()
+        self.forwarder.close()
         self.icmp.close_all()
         self.ep.close()
         if self.pcap is not None:

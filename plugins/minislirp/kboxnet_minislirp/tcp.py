@@ -70,7 +70,9 @@ _I = struct.Struct("i")
 _LINGER0 = struct.pack("ii", 1, 0)
 _SYN_OPTS = struct.Struct("!BBHBBBB")  # MSS(2,4,mss) NOP WS(3,3,shift)
 
-CONNECTING, SYN_ACK_SENT, ESTABLISHED = 0, 1, 2
+#: guest SYN seen, host connect() running / SYN-ACK sent / both sides up /
+#: host connection accepted on a forwarded port, SYN sent to the guest
+CONNECTING, SYN_ACK_SENT, ESTABLISHED, SOCK_ACCEPTED = 0, 1, 2, 3
 
 
 class TcpFlow:
@@ -230,6 +232,9 @@ class Tcp:
         if state != ESTABLISHED:
             if state == CONNECTING:
                 return  # a retransmitted SYN while the host connect() runs
+            if state == SOCK_ACCEPTED:
+                self._guest_synack(flow, frame, l4, doff, flags, seq, ack, wnd)
+                return
             if flags & TCP_SYN:
                 self._send_synack(flow)
                 return
@@ -639,6 +644,67 @@ class Tcp:
         self._send_ctl(flow, TCP_SYN | TCP_ACK, seq=isn, opts=opts)
         flow.rto_at = self.e.now + 1.0
 
+    def _send_syn(self, flow: TcpFlow) -> None:
+        """SYN to the guest for a connection accepted on a forwarded port (window scale always offered)."""
+        isn = (flow.seq_to_tap - 1) & MASK
+        opts = _SYN_OPTS.pack(2, 4, min(self.mtu_mss, 65495), 1, 3, 3, WS_TO_TAP)
+        flow.wnd_to_tap = 65535
+        self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport, isn, 0, TCP_SYN, 65535, opts)
+        flow.rto_at = self.e.now + 1.0
+
+    def _guest_synack(self, flow: TcpFlow, frame: memoryview, l4: int, doff: int, flags: int, seq: int, ack: int,
+                      wnd: int) -> None:
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK or ack != flow.seq_to_tap:
+            return
+        mss, ws = parse_syn_options(frame, l4 + 20, l4 + doff)
+        flow.mss = max(min(mss, self.mtu_mss), 64)
+        if ws >= 0:
+            flow.ws_from_tap = ws
+            flow.ws_to_tap = WS_TO_TAP
+        else:
+            flow.ws_to_tap = 0
+        flow.seq_from_tap = flow.seq_ack_to_tap = (seq + 1) & MASK
+        flow.seq_ack_from_tap = ack
+        flow.wnd_from_tap = wnd  # a SYN's window is never scaled
+        flow.state = ESTABLISHED
+        flow.retries = 0
+        flow.rto_at = 0.0
+        self._update_window(flow)
+        self._send_ctl(flow, TCP_ACK)
+        flow.readable = True
+        self.more.add(flow)
+        self.c["tcp.inbound_established"] += 1
+
+    def accept_inbound(self, fam: IPv4, sock: socket.socket, peer: tuple[str, int], guest_port: int) -> None:
+        """A host connection accepted on a forwarded port becomes a guest-bound SYN."""
+        e = self.e
+        raddr = fam.pack(peer[0])
+        if raddr[0] == 127:
+            raddr = e.gateway4  # host loopback appears as the gateway, as for outbound flows
+        rport = peer[1]
+        key = (e.guest_ip4, guest_port, raddr, rport)
+        if key in self.flows:
+            sock.close()
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if e.settings.tcp_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, e.settings.tcp_sndbuf)
+            if self.peek_off:
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            pass
+        flow = TcpFlow(key, fam, sock, e.guest_ip4, guest_port, raddr, rport, e.now)
+        flow.state = SOCK_ACCEPTED
+        isn = self._rand.getrandbits(32)
+        flow.seq_to_tap = flow.seq_max = flow.seq_ack_from_tap = (isn + 1) & MASK
+        self.flows[key] = flow
+        self.c["tcp.flows"] += 1
+        self.c["tcp.inbound"] += 1
+        e.register(flow.fd, SOCK_EVENTS, lambda ev, f=flow: self._sock_event(f, ev))
+        self._send_syn(flow)
+
     # ==== flow setup and teardown ==============================================
     def _open(self, fam: IPv4, frame: memoryview, p: Packet, key: tuple, sport: int, dport: int, seq: int,
               opt_start: int, opt_end: int, wnd: int) -> None:
@@ -738,6 +804,15 @@ class Tcp:
                     self.c["tcp.connect_timeout"] += 1
                     self._send_ctl(flow, TCP_RST | TCP_ACK, seq=0)
                     self._close(flow)
+                continue
+            if state == SOCK_ACCEPTED:
+                if now >= flow.rto_at:
+                    flow.retries += 1
+                    if flow.retries > 5:
+                        self.c["tcp.syn_timeout"] += 1
+                        self._close(flow, reset_host=True)
+                    else:
+                        self._send_syn(flow)
                 continue
             if state == SYN_ACK_SENT:
                 if now >= flow.rto_at:

@@ -33,7 +33,7 @@ MAX_PAYLOAD = 65535 - 8
 
 class UdpFlow:
     __slots__ = ("key", "fam", "sock", "fd", "gaddr", "gport", "raddr", "rport", "pseudo", "last", "timeout",
-                 "last_len", "target", "last_query")
+                 "last_len", "target", "last_query", "peer")
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
                  rport: int, now: float, timeout: float) -> None:
@@ -51,6 +51,7 @@ class UdpFlow:
         self.last_len = 0
         self.target: Target | None = None
         self.last_query = b""  # DNS flows only: resent to the next resolver if one fails
+        self.peer: tuple | None = None  # inbound (forwarded) flows: the host peer; the socket is shared
 
 
 class Udp:
@@ -99,7 +100,10 @@ class Udp:
         if flow.target is not None and flow.target.dns:
             flow.last_query = bytes(frame[l4 + 8:end])
         try:
-            flow.sock.send(frame[l4 + 8:end])
+            if flow.peer is None:
+                flow.sock.send(frame[l4 + 8:end])
+            else:
+                flow.sock.sendto(frame[l4 + 8:end], flow.peer)
         except (BlockingIOError, InterruptedError):
             c.drop("udp_host_busy")
         except OSError:
@@ -140,12 +144,8 @@ class Udp:
             self._errqueue(flow)
         if not ev & select.EPOLLIN:
             return
-        e = self.e
         sock = flow.sock
-        buf = self._buf
-        view = self._view
         payload = self._payload[flow.fam.l3_len]
-        fam = flow.fam
         for _ in range(BURST):
             try:
                 n = sock.recv_into(payload)
@@ -154,20 +154,51 @@ class Udp:
             except OSError:
                 self._errqueue(flow)
                 break
-            flow.last = e.now
-            ulen = 8 + n
-            l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_UDP, ulen)
-            UDP.pack_into(buf, l4, flow.rport, flow.gport, ulen, 0)
-            end = l4 + ulen
-            if e.offload:
-                _H.pack_into(buf, l4 + 6, fold(flow.pseudo + ulen))
-                VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 6)
-            else:
-                _H.pack_into(buf, l4 + 6, checksum(view[l4:end], flow.pseudo + ulen) or 0xFFFF)
-                if e.vnet:
-                    VNET.pack_into(buf, 0, 0, 0, 0, 0, 0, 0)
-            e.out_view(view, end)
-            self.c["udp.frames_out"] += 1
+            self._emit(flow, n)
+
+    def _emit(self, flow: UdpFlow, n: int) -> None:
+        """Send the ``n`` payload bytes waiting in the payload area to the guest as a datagram of ``flow``."""
+        e = self.e
+        buf = self._buf
+        view = self._view
+        fam = flow.fam
+        flow.last = e.now
+        ulen = 8 + n
+        l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, HOST_MAC, flow.raddr, flow.gaddr, IPPROTO_UDP, ulen)
+        UDP.pack_into(buf, l4, flow.rport, flow.gport, ulen, 0)
+        end = l4 + ulen
+        if e.offload:
+            _H.pack_into(buf, l4 + 6, fold(flow.pseudo + ulen))
+            VNET.pack_into(buf, 0, VNET_F_NEEDS_CSUM, 0, 0, 0, l4 - HEADROOM, 6)
+        else:
+            _H.pack_into(buf, l4 + 6, checksum(view[l4:end], flow.pseudo + ulen) or 0xFFFF)
+            if e.vnet:
+                VNET.pack_into(buf, 0, 0, 0, 0, 0, 0, 0)
+        e.out_view(view, end)
+        self.c["udp.frames_out"] += 1
+
+    def inbound(self, fam: IPv4, lsock: socket.socket, guest_port: int) -> None:
+        """Datagrams arriving on a forwarded host port go to the guest; replies go back via ``lsock``."""
+        e = self.e
+        payload = self._payload[fam.l3_len]
+        for _ in range(BURST):
+            try:
+                n, peer = lsock.recvfrom_into(payload)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            raddr = fam.pack(peer[0])
+            if raddr[0] == 127:
+                raddr = e.gateway4  # host loopback appears as the gateway
+            key = (e.guest_ip4, guest_port, raddr, peer[1])
+            flow = self.flows.get(key)
+            if flow is None:
+                flow = UdpFlow(key, fam, lsock, e.guest_ip4, guest_port, raddr, peer[1], e.now, e.settings.udp_timeout)
+                flow.peer = peer
+                self.flows[key] = flow
+                self.c["udp.inbound_flows"] += 1
+            self._emit(flow, n)
 
     def _errqueue(self, flow: UdpFlow) -> None:
         """Reflect errors queued on the host socket (ICMP from the host's network) to the guest."""
@@ -212,9 +243,11 @@ class Udp:
             self.c["udp.timeouts"] += 1
 
     def _close(self, flow: UdpFlow) -> None:
+        self.flows.pop(flow.key, None)
+        if flow.peer is not None:
+            return  # the forwarder owns the shared socket
         self.e.unregister(flow.fd)
         flow.sock.close()
-        self.flows.pop(flow.key, None)
 
     def close_all(self) -> None:
         for flow in list(self.flows.values()):

@@ -20,17 +20,19 @@ from kboxnet_minislirp.settings import MinislirpSettings
 from tap_relay import TapStreamRelay, spawn_relay_process
 
 from kboxnet_core.backend import SessionContext
-from kboxnet_core.config.model import Config, EgressPolicy, NetConfig, PolicyRule
+from kboxnet_core.config.model import Config, EgressPolicy, Forward, NetConfig, PolicyRule
 from kboxnet_core.links.stream import StreamLink, enlarge_socket_buffers
 from kboxnet_core.links.tap import TapLink
 from kboxnet_core.testing.netns import Netns
 from kboxnet_core.testing.udhcpc import write_udhcpc_script
 
 
-def guest_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500, allow: tuple[str, ...] = ()) -> Config:
+def guest_config(dns: tuple[str, ...] = (), pcap: str = "", mtu: int = 1500, allow: tuple[str, ...] = (),
+                 forward: tuple[Forward, ...] = ()) -> Config:
     """Guest profile with egress limited to loopback (plus ``allow``): nothing can leave the machine."""
     rules = tuple(PolicyRule.parse(r) for r in ("127.0.0.0/8", *allow))
-    return Config(net=NetConfig(mtu=mtu, dns=dns or ("127.0.0.1:53",), pcap=pcap, egress=EgressPolicy(allow=rules)))
+    return Config(net=NetConfig(mtu=mtu, dns=dns or ("127.0.0.1:53",), pcap=pcap, egress=EgressPolicy(allow=rules),
+                                forward=forward))
 
 
 class GuestNet:
@@ -38,11 +40,12 @@ class GuestNet:
 
     def __init__(self, *, mtu: int = 1500, vnet_hdr: bool = False, stream: bool = False, dns: tuple[str, ...] = (),
                  pcap: str = "", settings: MinislirpSettings | None = None, area: str = "msl",
-                 netns: str | None = None, relay_process: bool = False, allow: tuple[str, ...] = ()) -> None:
+                 netns: str | None = None, relay_process: bool = False, allow: tuple[str, ...] = (),
+                 forward: tuple[Forward, ...] = ()) -> None:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.stream = stream
-        self.config = guest_config(dns, pcap, mtu, allow)
+        self.config = guest_config(dns, pcap, mtu, allow, forward)
         self.settings = settings
         self.ns = Netns(name=netns, area=area)
         self.own_ns = netns is None
@@ -77,7 +80,7 @@ class GuestNet:
             cfg = self.config
             if self.settings is not None:
                 cfg = Config(net=NetConfig(**{**{f: getattr(cfg.net, f) for f in
-                                                 ("mtu", "dns", "pcap", "egress")},
+                                                 ("mtu", "dns", "pcap", "egress", "forward")},
                                               "plugins": {"minislirp": self.settings}}))
                 self.config = cfg
             self.session = backend.open(self.link, SessionContext(config=cfg, runtime_dir=self.tmp))

@@ -109,3 +109,21 @@ socks = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
 print("OPEN", len(socks), flush=True)
 sys.stdin.readline()
 """
+
+TCP_ECHO_SERVER_IN_GUEST = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(4)
+s.settimeout(20)
+print("READY", flush=True)
+conn, peer = s.accept()
+print("PEER", peer[0], flush=True)
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    conn.sendall(data)
+conn.close()
+"""

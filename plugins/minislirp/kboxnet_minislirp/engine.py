@@ -105,6 +105,12 @@ class Engine:
             self._logged.add(topic)
             log.warning("minislirp: %s", message)
 
+    def _internal_error(self, where: str) -> None:
+        """Count and log (first few times) an unexpected exception; the session goes on."""
+        self.counters["drop.internal_error"] += 1
+        if self.counters["drop.internal_error"] <= 10:
+            log.exception("minislirp: internal error in %s (session continues)", where)
+
     def translator(self, version: int) -> Translator:
         return self.translator4
 
@@ -187,10 +193,15 @@ class Engine:
                 except LinkClosed:
                     raise
                 except Exception:  # noqa: BLE001 - a bad frame must never end the session
-                    self.counters.drop("internal_error")
-                    log.exception("minislirp: error handling a guest frame")
+                    self._internal_error("guest frame")
             self.counters["link.frames_in"] += len(frames)
-            self.tcp.end_of_batch()
+            try:
+                self.tcp.end_of_batch()
+            except LinkClosed:
+                raise
+            except Exception:  # noqa: BLE001
+                self.tcp.ack_due.clear()
+                self._internal_error("end of batch")
             if len(frames) < 256:
                 break
 
@@ -221,9 +232,20 @@ class Engine:
                     else:
                         cb = handlers.get(fd)
                         if cb is not None:
-                            cb(ev)
+                            try:
+                                cb(ev)
+                            except LinkClosed:
+                                raise
+                            except Exception:  # noqa: BLE001 - one flow's bug must not end the session
+                                self._internal_error("host socket event")
                 if tcp.more and not self.link_full():
-                    tcp.resume()
+                    try:
+                        tcp.resume()
+                    except LinkClosed:
+                        raise
+                    except Exception:  # noqa: BLE001
+                        tcp.more.clear()
+                        self._internal_error("resume")
                 if not link.flush():
                     if not self._link_out:
                         ep.modify(link_fd, EPOLLIN | EPOLLOUT)
@@ -233,9 +255,14 @@ class Engine:
                     self._link_out = False
                 if now >= next_tick:
                     next_tick = now + TICK
-                    tcp.tick(now)
-                    self.udp.tick(now)
-                    self.icmp.tick(now)
+                    try:
+                        tcp.tick(now)
+                        self.udp.tick(now)
+                        self.icmp.tick(now)
+                    except LinkClosed:
+                        raise
+                    except Exception:  # noqa: BLE001
+                        self._internal_error("timers")
         finally:
             for fd in (link_fd, stop_fd):
                 try:

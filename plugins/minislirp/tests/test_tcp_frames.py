@@ -212,3 +212,31 @@ def test_host_reset_gives_guest_rst(rig):
     frames = rig.pump(lambda f: any(x[TCP].flags & 0x04 for x in f))
     assert any(f[TCP].flags & 0x04 for f in frames)
     assert not rig.e.tcp.flows
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_segments = st.lists(st.tuples(st.sampled_from(["A", "PA", "FA", "S", "SA", "R", "RA", "", "F", "UA"]),
+                               st.integers(-3000, 3000), st.integers(-3000, 3000), st.integers(0, 65535),
+                               st.binary(max_size=3000)), min_size=1, max_size=12)
+
+
+@given(_segments)
+@settings(max_examples=60, deadline=None)
+def test_random_segments_on_an_established_flow_never_break_the_engine(segments):
+    rig = Rig()
+    try:
+        rig.connect()
+        rig.host.sendall(b"y" * 5000)
+        rig.pump(timeout=0.05)
+        for flags, dseq, dack, window, data in segments:
+            pkt = rig.frame(flags, seq=(rig.gseq + dseq) % 2**32, ack=(rig.hseq + dack) % 2**32, data=data,
+                            window=window)
+            rig.send(pkt)
+        rig.pump(timeout=0.05)
+        for f in rig.take():
+            assert_checksums_ok(f)
+        assert rig.e.counters["drop.internal_error"] == 0
+    finally:
+        rig.close()

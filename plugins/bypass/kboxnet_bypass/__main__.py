@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.counters:
         with open(args.counters, "w") as fh:
             json.dump(runner.counters(), fh)
-    return os.waitstatus_to_exitcode(status) if status else 0
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code  # killed by a signal: 128 + signo, as a shell does
 
 
 if __name__ == "__main__":

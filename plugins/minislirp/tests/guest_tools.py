@@ -127,3 +127,21 @@ while True:
     conn.sendall(data)
 conn.close()
 """
+
+SLOW_READER = r"""
+import hashlib, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+time.sleep(float(sys.argv[3]))  # let the host fill our window: zero-window periods follow
+h = hashlib.sha256()
+n = 0
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    h.update(chunk)
+    n += len(chunk)
+    if n % (1 << 20) < 4096:
+        time.sleep(0.05)
+print("GOT", n, h.hexdigest())
+"""

@@ -208,3 +208,24 @@ def test_dns_fails_over_to_the_next_resolver(dns_server):
         out = run_in(g, ["busybox", "nslookup", "-timeout=1", "-retry=3", "again.example.test", "10.0.2.3"])
         assert "192.0.2.10" in out, out
         assert g.session.counters()["dns.resolver_failed"] >= 1
+
+
+def test_slow_reader_zero_window_then_resume(guest):
+    """The guest application reads late and slowly: the guest's window closes and reopens."""
+    data = hashlib.sha256(b"zw").digest() * (6 << 15)  # 6 MiB
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def push():
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(data)
+
+    t = threading.Thread(target=push, daemon=True)
+    t.start()
+    out = py(guest, guest_tools.SLOW_READER, "10.0.2.2", str(port), "1.5", timeout=90)
+    t.join(30)
+    srv.close()
+    assert out.split()[:3] == ["GOT", str(len(data)), hashlib.sha256(data).hexdigest()], out

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import guest_tools
@@ -229,3 +230,36 @@ def test_slow_reader_zero_window_then_resume(guest):
     t.join(30)
     srv.close()
     assert out.split()[:3] == ["GOT", str(len(data)), hashlib.sha256(data).hexdigest()], out
+
+
+def test_slow_host_reader_closes_and_reopens_our_window(guest):
+    """The host application reads late: the window minislirp advertises (free send buffer) goes to zero
+    and must reopen (EPOLLOUT) without stalling the upload."""
+    size = 24 << 20
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    digest = hashlib.sha256()
+    got = [0]
+
+    def pull():
+        conn, _ = srv.accept()
+        with conn:
+            time.sleep(1.5)
+            while chunk := conn.recv(1 << 16):
+                digest.update(chunk)
+                got[0] += len(chunk)
+
+    t = threading.Thread(target=pull, daemon=True)
+    t.start()
+    code = ("import hashlib,socket,sys; d=hashlib.sha256(b'up').digest()*(1<<15);"
+            "s=socket.create_connection(('10.0.2.2', int(sys.argv[1])), timeout=60);"
+            "[s.sendall(d) for _ in range(24)]; s.shutdown(socket.SHUT_WR); s.recv(1); print('SENT')")
+    out = py(guest, code, str(port), timeout=120)
+    t.join(60)
+    srv.close()
+    expect = hashlib.sha256(hashlib.sha256(b"up").digest() * (1 << 15) * 24).hexdigest()
+    assert "SENT" in out, out
+    assert got[0] == size and digest.hexdigest() == expect

@@ -11,7 +11,6 @@ guest, reads from host sockets) is done once per batch, not once per frame.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import time
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from .wire import (
     ETH_P_ARP,
     ETH_P_IP,
     ETH_P_IPV6,
-    HOST_MAC,
     IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -280,9 +278,3 @@ class Engine:
         if self.pcap is not None:
             self.pcap.close()
 
-    @staticmethod
-    def pid() -> int:
-        return os.getpid()
-
-
-__all__ = ["Engine", "HOST_MAC"]

@@ -5,7 +5,8 @@
   namespace through bypass (target: bypass >= 0.95 x native).
 * connect() latency p50/p99 (Python client, socket()/close() not timed):
   native; bypassed; the namespace's own stack under the filter (policy miss,
-  server inside the namespace); the same without the filter; and, when
+  server inside the namespace), before any bypass (CONTINUE) and after one
+  (performed by the supervisor); the same without the filter; and, when
   ``kboxnet run`` is available, through minislirp to the gateway (10.0.2.2,
   mapped to host loopback).
 
@@ -121,7 +122,8 @@ def main() -> int:
         procs.append(subprocess.Popen([PY, "-c", server]))
         time.sleep(0.5)
         n = str(args.connects)
-        lat: dict[str, list[dict]] = {"native": [], "bypass": [], "ns_filter": [], "ns_nofilter": []}
+        lat: dict[str, list[dict]] = {"native": [], "bypass": [], "ns_filter": [], "ns_mediated": [],
+                                      "ns_nofilter": []}
         for _ in range(3):
             lat["native"].append(json.loads(subprocess.run(
                 [PY, PYCLIENT, "latency", "127.0.0.1", str(cport), n], capture_output=True, text=True).stdout))
@@ -129,6 +131,9 @@ def main() -> int:
             lat["bypass"].append(json.loads(out))
             out, _c = bypassed(netns, [PY, PYCLIENT, "latency_local", n], [f"127.0.0.1:{cport}"])
             lat["ns_filter"].append(json.loads(out))
+            out, _c = bypassed(netns, [PY, PYCLIENT, "latency_local_after_bypass", str(cport), n],
+                               [f"127.0.0.1:{cport}"])
+            lat["ns_mediated"].append(json.loads(out))
             lat["ns_nofilter"].append(json.loads(subprocess.run(
                 ["ip", "netns", "exec", name, PY, PYCLIENT, "latency_local", n],
                 capture_output=True, text=True).stdout))

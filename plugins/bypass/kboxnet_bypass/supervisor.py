@@ -78,10 +78,11 @@ class _Pending:
     fd: int
     copy: int
     host: int
-    dest: Destination
+    dest: Destination | None
     cloexec: bool
     deadline: float
     sndtimeo: bool
+    mediated: bool = False  # a namespace socket we connect for the caller (copy = -1, host = the copy)
 
 
 def _writable_now(fd: int) -> bool:
@@ -200,7 +201,6 @@ class Supervisor:
                 return  # the target was interrupted before we got it
             raise
         self._count("notifications")
-        replied = False
         try:
             if notif.arch != abi.AUDIT_ARCH_X86_64:
                 # the filter never notifies foreign arches; be safe if it ever does
@@ -213,12 +213,13 @@ class Supervisor:
                 self._on_epoll_create(notif)
             else:
                 self._reply(notif, cont=True)
-            replied = True
-        finally:
-            if not replied:
-                self._count("errors")
-                log.error("bypass: internal error on pid=%d nr=%d; refusing the call", notif.pid, notif.nr)
-                self._reply(notif, err=errno.EACCES)
+        except Exception:  # noqa: BLE001 - one bad notification must not stop the supervisor
+            self._count("errors")
+            log.exception("bypass: internal error on pid=%d nr=%d; refusing the call", notif.pid, notif.nr)
+            try:
+                self._reply(notif, err=errno.EACCES)  # fails harmlessly if already answered
+            except OSError:
+                pass
 
     def _reply(self, notif: abi.Notification, val: int = 0, err: int = 0, cont: bool = False) -> bool:
         ok = abi.notif_send(self.listener, notif.id, val, err, cont)
@@ -317,13 +318,32 @@ class Supervisor:
         self._count("mediated")
         level = logging.INFO if family in (socket.AF_INET, socket.AF_INET6) else logging.DEBUG
         self._log(notif, fd, dest or f"family={family}", f"namespace ({reason}, mediated)", level)
-        nonblock = bool(fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK)
-        if nonblock and family != socket.AF_UNIX:
+        if family == socket.AF_UNIX:  # the path must be resolved as the caller would: a worker
+            self._mediator.submit(notif.pid, copy, raw, lambda err: self._reply(notif, err=err))
+            return
+        flags = fcntl.fcntl(copy, fcntl.F_GETFL)
+        if flags & os.O_NONBLOCK:
             err = abi.connect_raw(copy, raw)
             os.close(copy)
             self._reply(notif, err=err)
             return
-        self._mediator.submit(notif.pid, copy, raw, lambda err: self._reply(notif, err=err))
+        # a blocking caller: start the connect non-blocking and answer on completion. The caller
+        # is stopped in this very call; only its other threads could see the brief flag change.
+        fcntl.fcntl(copy, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        try:
+            err = abi.connect_raw(copy, raw)
+        finally:
+            fcntl.fcntl(copy, fcntl.F_SETFL, flags)
+        if err == errno.EINPROGRESS and _writable_now(copy):
+            err = abi.getsockopt_int(copy, socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != errno.EINPROGRESS:
+            os.close(copy)
+            self._reply(notif, err=err)
+            return
+        timeo = _timeval_seconds(abi.getsockopt_or_none(copy, socket.SOL_SOCKET, 21, 16))
+        deadline = time.monotonic() + (timeo or self.settings.connect_timeout)
+        self._pending[copy] = _Pending(notif, fd, -1, copy, dest, False, deadline, bool(timeo), mediated=True)
+        self._new_pending.append(copy)
 
     def _destination_not_bypassable(self, family: int | None, dest: Destination | None) -> str:
         """Why this address (our copy) is not for a host socket; "" when it is."""
@@ -396,6 +416,10 @@ class Supervisor:
 
     def _complete_pending(self, p: _Pending) -> None:
         err = abi.getsockopt_int(p.host, socket.SOL_SOCKET, socket.SO_ERROR)
+        if p.mediated:
+            os.close(p.host)
+            self._reply(p.notif, err=err)
+            return
         if err:
             os.close(p.host)
             os.close(p.copy)
@@ -412,6 +436,10 @@ class Supervisor:
             if not abi.notif_id_valid(self.listener, p.notif.id):
                 self._drop_pending(p, 0)
                 gone.append(host)
+            elif now >= p.deadline and p.mediated:
+                os.close(p.host)
+                self._reply(p.notif, err=errno.EINPROGRESS if p.sndtimeo else errno.ETIMEDOUT)
+                gone.append(host)
             elif now >= p.deadline:
                 if p.sndtimeo:  # Linux: a blocking connect that hits SO_SNDTIMEO says EINPROGRESS
                     self._install(p.notif, p.fd, p.copy, p.host, p.dest, p.cloexec, True, errno.EINPROGRESS)
@@ -425,7 +453,8 @@ class Supervisor:
 
     def _drop_pending(self, p: _Pending, err: int) -> None:
         os.close(p.host)
-        os.close(p.copy)
+        if p.copy >= 0:
+            os.close(p.copy)
         if err:
             self._count("bypass_failed")
             self._reply(p.notif, err=err)

@@ -175,3 +175,40 @@ def test_namespace_connects_after_a_bypass_are_mediated(netns, servers, tmp_path
     assert res["unix_abstract"] == "unix_abstract"
     assert res["unix_missing"] == "ENOENT"
     assert run.counters["mediated"] >= 7, run.counters
+
+
+def test_slow_blocking_namespace_connects_after_a_bypass(netns, servers, tmp_path):
+    """The supervisor's pending path for namespace connects: SO_SNDTIMEO and late completion."""
+    allowed, _ = servers
+    name = netns.path.rsplit("/", 1)[1]
+    peer = f"{name}-peer"
+    ip = ["ip"]
+    subprocess.run([*ip, "netns", "add", peer], check=True)
+    server = None
+    try:
+        subprocess.run([*ip, "-n", name, "link", "add", "va", "type", "veth", "peer", "name", "vb",
+                        "netns", peer], check=True)
+        subprocess.run([*ip, "-n", name, "addr", "add", "10.99.0.1/24", "dev", "va"], check=True)
+        subprocess.run([*ip, "-n", name, "link", "set", "va", "up"], check=True)
+        subprocess.run([*ip, "-n", peer, "addr", "add", "10.99.0.2/24", "dev", "vb"], check=True)
+        port = free_port()
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", peer, PY, "-c",
+             "import socket\ns=socket.socket()\n"
+             f"s.bind(('10.99.0.2',{port}))\ns.listen(4)\n"
+             "while True:\n c,_=s.accept()\n c.sendall(b'peer')\n c.close()\n"])
+        timer = threading.Timer(0.8, lambda: subprocess.run([*ip, "-n", peer, "link", "set", "vb", "up"]))
+        timer.start()
+        run = run_bypassed(netns, [PY, PYCLIENT, "mediated_slow", str(allowed.port), str(port)],
+                           allow=[f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o", timeout=30)
+        timer.join()
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run([*ip, "netns", "del", peer], check=False)
+    res = run.json()
+    assert res["greeting"] == "ALLOWED\n"
+    assert res["sndtimeo"] == "EINPROGRESS" and 0.2 <= res["sndtimeo_s"] < 1.5  # as Linux does
+    assert res["slow_s"] >= 0.3 and res["slow_data"] == "peer"
+    assert run.counters["mediated"] >= 2

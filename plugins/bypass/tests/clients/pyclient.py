@@ -257,6 +257,26 @@ def mode_mediated(allowed: int, workdir: str) -> dict:
     return res
 
 
+def mode_mediated_slow(allowed: int, port: int) -> dict:
+    """Blocking namespace connects that do not finish at once (peer link down, then up)."""
+    import time
+
+    res: dict = {"greeting": fetch(allowed)["data"]}  # a host socket now exists
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("=qq", 0, 300_000))
+    t0 = time.monotonic()
+    res["sndtimeo"] = errno.errorcode.get(s.connect_ex(("10.99.0.2", port)), "0")
+    res["sndtimeo_s"] = round(time.monotonic() - t0, 2)
+    s.close()
+    c = socket.socket()
+    t0 = time.monotonic()
+    c.connect(("10.99.0.2", port))  # completes once the peer link comes up (SYN retransmit)
+    res["slow_s"] = round(time.monotonic() - t0, 2)
+    c.settimeout(5)
+    res["slow_data"] = c.recv(20).decode()
+    return res
+
+
 def _percentiles(samples: list[float]) -> dict:
     samples.sort()
     n = len(samples)
@@ -303,6 +323,12 @@ def mode_latency_local(n: int) -> dict:
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def mode_latency_local_after_bypass(allowed: int, n: int) -> dict:
+    """The namespace path once a host socket exists (connects performed by the supervisor)."""
+    assert fetch(allowed)["ok"]
+    return mode_latency_local(n)
 
 
 def _arg(text: str):

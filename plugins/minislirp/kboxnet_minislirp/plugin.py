@@ -35,6 +35,8 @@ class MinislirpBackend(Backend):
     link_kinds: ClassVar[frozenset[str]] = frozenset({"stream", "tap"})
     config_section: ClassVar[str | None] = "minislirp"
     config_model: ClassVar[type | None] = MinislirpSettings
+    #: GSO super-frames and checksum offload on tap links (8-10x faster, see bench/RESULTS.md)
+    accepts_vnet_hdr: ClassVar[bool] = True
 
     def probe(self, config: Config) -> Availability:
         try:

@@ -212,3 +212,30 @@ def test_slow_blocking_namespace_connects_after_a_bypass(netns, servers, tmp_pat
     assert res["sndtimeo"] == "EINPROGRESS" and 0.2 <= res["sndtimeo_s"] < 1.5  # as Linux does
     assert res["slow_s"] >= 0.3 and res["slow_data"] == "peer"
     assert run.counters["mediated"] >= 2
+
+
+def test_ipv6_and_v4_mapped(netns, servers, tmp_path):
+    allowed, _ = servers
+    try:
+        srv6 = socket.socket(socket.AF_INET6)
+        srv6.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on the host")
+    srv6.listen(4)
+    port6 = srv6.getsockname()[1]
+
+    def serve() -> None:
+        c, _ = srv6.accept()
+        c.sendall(b"V6HOST\n")
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        run = run_bypassed(netns, [PY, PYCLIENT, "v6", str(allowed.port), str(port6)],
+                           allow=[f"[::1]:{port6}", f"127.0.0.1:{allowed.port}"], out_path=tmp_path / "o")
+    finally:
+        srv6.close()
+    res = run.json()
+    assert res == {"v6": "V6HOST\n", "mapped": "ALLOWED\n"}  # mapped judged (and allowed) as IPv4
+    assert run.counters["bypassed"] == 2

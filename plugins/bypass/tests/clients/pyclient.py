@@ -277,6 +277,21 @@ def mode_mediated_slow(allowed: int, port: int) -> dict:
     return res
 
 
+def mode_v6(port4: int, port6: int) -> dict:
+    """IPv6 to host ::1, and an AF_INET6 socket to an IPv4-mapped address."""
+    res = {}
+    for label, addr, port in (("v6", "::1", port6), ("mapped", "::ffff:127.0.0.1", port4)):
+        s = socket.socket(socket.AF_INET6)
+        s.settimeout(5)
+        try:
+            s.connect((addr, port))
+            res[label] = s.recv(20).decode()
+        except OSError as exc:
+            res[label] = err_name(exc)
+        s.close()
+    return res
+
+
 def _percentiles(samples: list[float]) -> dict:
     samples.sort()
     n = len(samples)

@@ -75,6 +75,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _code_version() -> dict[str, str]:
+    """kboxnet's and its plugins' versions, and the git state of a source checkout (code may change
+    between runs of a long benchmark in a shared checkout: the state is taken at the start)."""
+    out: dict[str, str] = {}
+    proc = subprocess.run([sys.executable, "-m", "kboxnet_core", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    out["kboxnet"] = " ".join(proc.stdout.split())
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():
+        git = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True)
+        out["git"] = git.stdout.strip()
+    return out
+
+
 def select_paths(args: argparse.Namespace) -> tuple[list[GuestPath], dict[str, str]]:
     """The paths to measure and, by name, those skipped with the reason."""
     paths: list[GuestPath] = []
@@ -99,6 +114,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     mtus = args.mtu or [1500, 65520]
     paths, skipped = select_paths(args)
     samples: list[measure.Sample] = []
+    code = _code_version()
     started = datetime.datetime.now(datetime.timezone.utc)
     with HostNetns(area="bench") as host:
         iperf_srv = host.host.popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
@@ -123,7 +139,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "started": started.isoformat(timespec="seconds"),
             "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
             "iperf_seconds": seconds, "repeats": args.repeats, "mtus": mtus,
-            "rr_count": rr_count, "rr_conns": rr_conns, "versions": _versions(),
+            "rr_count": rr_count, "rr_conns": rr_conns, "versions": _versions(), "code": code,
             "idle_threshold_pct": args.idle_threshold,
         },
         "rows": [r.as_dict() for r in rows],

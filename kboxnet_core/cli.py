@@ -18,6 +18,7 @@ from . import __version__
 from .backend import BackendKind, CommandBackend, SessionContext
 from .config import Config, ConfigError, load_config
 from .exitcodes import ExitCode
+from .forwarding import parse_publish, preflight
 from .ranking import Ranked, SelectionError, rank, requested_names, select
 from .registry import Registry, RegistryError
 
@@ -53,8 +54,13 @@ def _load(args: argparse.Namespace) -> tuple[Registry, Config]:
         changes["pcap"] = args.pcap
     if getattr(args, "no_fallback", False):
         changes["fallback"] = False
+    published = tuple(parse_publish(p) for p in getattr(args, "publish", None) or ())
+    if published:
+        changes["forward"] = net.forward + published
     if changes:
         config = attrs.evolve(config, net=attrs.evolve(net, **changes))
+    if args.subcommand in ("serve", "run"):
+        preflight(config.net.forward)
     return registry, config
 
 
@@ -259,6 +265,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         sup.request_stop()
         thread.join(10)
         if runner is not None:
+            counters = dict(runner.counters())
+            if counters:
+                log.info("%s counters: %s", command_backend.name if command_backend else "runner",
+                         " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v))
             runner.close()
         link.close()
         gns.close()
@@ -306,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit after the first guest disconnects")
     p.add_argument("--no-fallback", action="store_true", help="do not replace a failed backend")
     p.add_argument("--ready-fd", type=int, metavar="N", help="write READY=1 to fd N once listening")
+    p.add_argument("-p", "--publish", action="append", metavar="[[ADDR:]HOSTPORT:]GUESTPORT[/udp]",
+                   help="forward a host port to the guest (repeatable; host address defaults to 127.0.0.1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", parents=[common], help="run a command in a new network namespace")
@@ -313,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=int, help="guest MTU (overrides net.mtu)")
     p.add_argument("--pcap", metavar="FILE", help="capture guest frames to FILE")
     p.add_argument("--no-fallback", action="store_true", help="do not replace a failed backend")
+    p.add_argument("-p", "--publish", action="append", metavar="[[ADDR:]HOSTPORT:]GUESTPORT[/udp]",
+                   help="forward a host port to the guest (repeatable; host address defaults to 127.0.0.1)")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
     p.set_defaults(func=cmd_run)
 

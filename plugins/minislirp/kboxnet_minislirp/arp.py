@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from .wire import ETH_P_ARP, HOST_MAC
+from .wire import BROADCAST_MAC, ETH_P_ARP, HOST_MAC
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -40,3 +40,19 @@ class Arp:
         reply = _FRAME.pack(sha, HOST_MAC, ETH_P_ARP, 1, 0x0800, 6, 4, 2, HOST_MAC, tpa, sha, spa)
         self.e.out_bytes(reply)
         c["arp.replies"] += 1
+
+    def resolve_guest(self) -> bool:
+        """True if the guest's MAC is known; otherwise ask for it (who-has guest, tell gateway).
+
+        A statically configured guest that has not sent anything yet (``kboxnet run``) is unknown
+        until it answers; traffic that starts on the host side (forwarded ports) asks first, and
+        its retransmissions then reach the guest.
+        """
+        e = self.e
+        if e.guest_mac != BROADCAST_MAC:
+            return True
+        req = _FRAME.pack(BROADCAST_MAC, HOST_MAC, ETH_P_ARP, 1, 0x0800, 6, 4, 1,
+                          HOST_MAC, bytes(e.gateway4), b"\x00" * 6, bytes(e.guest_ip4))
+        e.out_bytes(req)
+        e.counters["arp.requests"] += 1
+        return False

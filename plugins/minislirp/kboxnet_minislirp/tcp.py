@@ -169,6 +169,8 @@ class Tcp:
         self.peek_off = self._probe_peek_off()
         fam = engine.ipv4
         self.mtu_mss = engine.mtu - fam.l3_len - 20
+        #: MSS per L3 header length (IPv4 20, IPv6 40)
+        self._mss = {20: engine.mtu - 40, 40: engine.mtu - 60}
         # frame slots: headroom + headers + one segment (a GSO super-frame with offload)
         self.seg_max = (fam.max_l4 - 20) if engine.offload else self.mtu_mss
         # sized for the longest L3 header (IPv6, 40 bytes); payload offsets per header length
@@ -639,15 +641,16 @@ class Tcp:
         self._update_window(flow)
         if flow.wnd_to_tap < 65535:
             flow.wnd_to_tap = 65535 if flow.ws_to_tap else flow.wnd_to_tap
-        opts = _SYN_OPTS.pack(2, 4, min(self.mtu_mss, 65495), 1, 3, 3, flow.ws_to_tap) if flow.ws_to_tap \
-            else _SYN_OPTS.pack(2, 4, min(self.mtu_mss, 65495), 1, 1, 1, 1)
+        mss = min(self._mss[flow.fam.l3_len], 65495)
+        opts = _SYN_OPTS.pack(2, 4, mss, 1, 3, 3, flow.ws_to_tap) if flow.ws_to_tap \
+            else _SYN_OPTS.pack(2, 4, mss, 1, 1, 1, 1)
         self._send_ctl(flow, TCP_SYN | TCP_ACK, seq=isn, opts=opts)
         flow.rto_at = self.e.now + 1.0
 
     def _send_syn(self, flow: TcpFlow) -> None:
         """SYN to the guest for a connection accepted on a forwarded port (window scale always offered)."""
         isn = (flow.seq_to_tap - 1) & MASK
-        opts = _SYN_OPTS.pack(2, 4, min(self.mtu_mss, 65495), 1, 3, 3, WS_TO_TAP)
+        opts = _SYN_OPTS.pack(2, 4, min(self._mss[flow.fam.l3_len], 65495), 1, 3, 3, WS_TO_TAP)
         flow.wnd_to_tap = 65535
         self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport, isn, 0, TCP_SYN, 65535, opts)
         flow.rto_at = self.e.now + 1.0
@@ -657,7 +660,7 @@ class Tcp:
         if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK or ack != flow.seq_to_tap:
             return
         mss, ws = parse_syn_options(frame, l4 + 20, l4 + doff)
-        flow.mss = max(min(mss, self.mtu_mss), 64)
+        flow.mss = max(min(mss, self._mss[flow.fam.l3_len]), 64)
         if ws >= 0:
             flow.ws_from_tap = ws
             flow.ws_to_tap = WS_TO_TAP
@@ -679,10 +682,11 @@ class Tcp:
         """A host connection accepted on a forwarded port becomes a guest-bound SYN."""
         e = self.e
         raddr = fam.pack(peer[0])
-        if raddr[0] == 127:
-            raddr = e.gateway4  # host loopback appears as the gateway, as for outbound flows
+        if fam.is_host_loopback(raddr):
+            raddr = fam.gateway  # host loopback appears as the gateway, as for outbound flows
         rport = peer[1]
-        key = (e.guest_ip4, guest_port, raddr, rport)
+        gaddr = fam.inbound_guest()
+        key = (gaddr, guest_port, raddr, rport)
         if key in self.flows:
             sock.close()
             return
@@ -695,7 +699,7 @@ class Tcp:
                 sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         except OSError:
             pass
-        flow = TcpFlow(key, fam, sock, e.guest_ip4, guest_port, raddr, rport, e.now)
+        flow = TcpFlow(key, fam, sock, gaddr, guest_port, raddr, rport, e.now)
         flow.state = SOCK_ACCEPTED
         isn = self._rand.getrandbits(32)
         flow.seq_to_tap = flow.seq_max = flow.seq_ack_from_tap = (isn + 1) & MASK
@@ -703,6 +707,7 @@ class Tcp:
         self.c["tcp.flows"] += 1
         self.c["tcp.inbound"] += 1
         e.register(flow.fd, SOCK_EVENTS, lambda ev, f=flow: self._sock_event(f, ev))
+        e.arp.resolve_guest()
         self._send_syn(flow)
 
     # ==== flow setup and teardown ==============================================
@@ -717,7 +722,7 @@ class Tcp:
             return
         mss, ws = parse_syn_options(frame, opt_start, opt_end)
         try:
-            sock = socket.socket(fam.af, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            sock = socket.socket(target.af, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
             c.drop("tcp_socket_failed")
             self.e.log_once("socket", f"cannot create a TCP socket: {exc}")
@@ -735,7 +740,7 @@ class Tcp:
         flow = TcpFlow(key, fam, sock, p.src, sport, p.dst, dport, e.now)
         flow.seq_from_tap = flow.seq_ack_to_tap = (seq + 1) & MASK
         flow.seq_to_tap = flow.seq_max = flow.seq_ack_from_tap = self._rand.getrandbits(32)
-        flow.mss = max(min(mss, self.mtu_mss), 64)
+        flow.mss = max(min(mss, self._mss[flow.fam.l3_len]), 64)
         if ws >= 0:
             flow.ws_from_tap = ws
             flow.ws_to_tap = WS_TO_TAP

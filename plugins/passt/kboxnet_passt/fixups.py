@@ -6,6 +6,10 @@ Applied by the relay, only when the detected passt has the defects:
   minislirp does) instead of being sent out to the real network;
   SYNs are remembered (for the RST repair); DNS queries to the DNS address
   are remembered by source port.
+  A SYN-ACK answering passt's SYN (an inbound, forwarded connection) is
+  forwarded and also completed here with the final ACK of the handshake,
+  which the old passt only sends together with the first data from the
+  host side (so the guest never accept()s when its side must speak first).
 * passt -> guest: a DNS reply coming from gateway:53 to a port that asked
   the DNS address gets the DNS address as its source again; an RST without
   ACK answering a remembered SYN gets ``ACK = ISN + 1`` (Linux ignores an RST
@@ -61,6 +65,11 @@ class Fixups:
         self.dns = dns.packed
         self._syns: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._dns_ports: collections.OrderedDict[int, None] = collections.OrderedDict()
+        #: passt's SYNs to the guest: (guest ip, remote ip, guest port, remote port) -> (ISN, window, wscale)
+        self._inbound: collections.OrderedDict[bytes, tuple[int, int, int]] = collections.OrderedDict()
+        #: frames for the guest produced while forwarding (drained by the relay)
+        self.inject: list[bytes] = []
+        self.handshakes_completed = 0
         self.pings_answered = 0
         self.dns_rewritten = 0
         self.rsts_repaired = 0
@@ -72,11 +81,15 @@ class Fixups:
             return None
         proto = frame[23]
         if proto == PROTO_TCP:
-            if len(frame) >= 54 and frame[47] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
-                key = bytes(frame[26:38])  # src ip, dst ip, src port, dst port
-                self._syns[key] = struct.unpack_from("!I", frame, 38)[0]
-                if len(self._syns) > MAX_TRACKED:
-                    self._syns.popitem(last=False)
+            if len(frame) >= 54:
+                flags = frame[47] & (TCP_SYN | TCP_ACK | TCP_RST)
+                if flags == TCP_SYN:
+                    key = bytes(frame[26:38])  # src ip, dst ip, src port, dst port
+                    self._syns[key] = struct.unpack_from("!I", frame, 38)[0]
+                    if len(self._syns) > MAX_TRACKED:
+                        self._syns.popitem(last=False)
+                elif flags == TCP_SYN | TCP_ACK and self._inbound:
+                    self._complete_handshake(frame)
             return None
         if proto == PROTO_UDP:
             if len(frame) >= 42 and frame[30:34] == self.dns and frame[36:38] == b"\x00\x35":
@@ -89,6 +102,26 @@ class Fixups:
         if proto == PROTO_ICMP and len(frame) >= 42 and frame[34] == 8 and frame[30:34] == self.gateway:
             return self._echo_reply(frame)
         return None
+
+    def _complete_handshake(self, frame: memoryview) -> None:
+        key = bytes(frame[26:38])  # guest ip, remote ip, guest port, remote port
+        entry = self._inbound.get(key)
+        if entry is None:
+            return
+        isn, window, wscale = entry
+        if struct.unpack_from("!I", frame, 42)[0] != (isn + 1) & 0xFFFFFFFF:
+            return
+        del self._inbound[key]
+        guest_isn = struct.unpack_from("!I", frame, 38)[0]
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, PROTO_TCP, 0,
+                                   bytes(frame[30:34]), bytes(frame[26:30])))
+        ip[10:12] = struct.pack("!H", checksum(ip))
+        tcp = bytearray(struct.pack("!2s2sIIBBHHH", bytes(frame[36:38]), bytes(frame[34:36]),
+                                    (isn + 1) & 0xFFFFFFFF, (guest_isn + 1) & 0xFFFFFFFF, 5 << 4, TCP_ACK,
+                                    max(1, min(0xFFFF, window >> wscale)), 0, 0))
+        tcp[16:18] = struct.pack("!H", checksum(tcp, ones_sum(bytes(ip[12:20]) + struct.pack("!BBH", 0, 6, 20))))
+        self.inject.append(bytes(frame[6:12]) + bytes(frame[0:6]) + ETH_IP4 + bytes(ip) + bytes(tcp))
+        self.handshakes_completed += 1
 
     def _echo_reply(self, frame: memoryview) -> bytes | None:
         total = struct.unpack_from("!H", frame, 16)[0]
@@ -119,14 +152,41 @@ class Fixups:
                 if port in self._dns_ports:
                     return self._rewrite_dns(frame)
             return None
-        if proto == PROTO_TCP and self._syns and len(frame) >= 54:
-            if frame[47] & (TCP_RST | TCP_ACK) == TCP_RST:
+        if proto == PROTO_TCP and len(frame) >= 54:
+            flags = frame[47] & (TCP_SYN | TCP_RST | TCP_ACK)
+            if flags == TCP_SYN:
+                self._remember_inbound(frame)
+            elif flags & (TCP_RST | TCP_ACK) == TCP_RST and self._syns:
                 # the guest's SYN had (guest ip, remote ip, guest port, remote port)
                 key = bytes(frame[30:34]) + bytes(frame[26:30]) + bytes(frame[36:38]) + bytes(frame[34:36])
                 isn = self._syns.pop(key, None)
                 if isn is not None:
                     return self._repair_rst(frame, isn)
         return None
+
+    def _remember_inbound(self, frame: memoryview) -> None:
+        """passt's SYN to the guest: keep its ISN, window and window scale."""
+        key = bytes(frame[30:34]) + bytes(frame[26:30]) + bytes(frame[36:38]) + bytes(frame[34:36])
+        isn = struct.unpack_from("!I", frame, 38)[0]
+        window = struct.unpack_from("!H", frame, 48)[0]
+        wscale = 0
+        opts = bytes(frame[54 : 34 + (frame[46] >> 4) * 4])
+        i = 0
+        while i < len(opts):
+            kind = opts[i]
+            if kind == 0:
+                break
+            if kind == 1:
+                i += 1
+                continue
+            if i + 1 >= len(opts) or opts[i + 1] < 2:
+                break
+            if kind == 3 and opts[i + 1] == 3 and i + 2 < len(opts):
+                wscale = min(opts[i + 2], 14)
+            i += opts[i + 1]
+        self._inbound[key] = (isn, window, wscale)
+        if len(self._inbound) > MAX_TRACKED:
+            self._inbound.popitem(last=False)
 
     def _rewrite_dns(self, frame: memoryview) -> bytes:
         out = bytearray(frame)
@@ -154,4 +214,5 @@ class Fixups:
 
     def counters(self) -> dict[str, int]:
         return {"fixup_pings_answered": self.pings_answered, "fixup_dns_rewritten": self.dns_rewritten,
-                "fixup_rsts_repaired": self.rsts_repaired}
+                "fixup_rsts_repaired": self.rsts_repaired,
+                "fixup_handshakes_completed": self.handshakes_completed}

@@ -9,6 +9,9 @@ Measured with Debian bookworm's passt (0.0~git20230309, see the team notes
    address instead of ADDR, so the guest's resolver drops it.
 3. A SYN to a closed host port gets an RST without ACK, which Linux ignores
    in SYN-SENT: connect() hangs until it times out instead of failing.
+4. On a forwarded (inbound) connection, passt answers the guest's SYN-ACK
+   only together with the first data from the host client: a guest server
+   that must speak first (SSH, SMTP and FTP banners) never accept()s.
 
 These releases predate the 2024_08_21 address-mapping rework, which also
 added ``--map-host-loopback``. The backend therefore treats a passt that
@@ -30,10 +33,12 @@ class Quirks:
     gateway_ping_unmapped: bool = False
     dns_reply_from_gateway: bool = False
     rst_without_ack: bool = False
+    inbound_handshake_incomplete: bool = False
 
     @property
     def any(self) -> bool:
-        return self.gateway_ping_unmapped or self.dns_reply_from_gateway or self.rst_without_ack
+        return (self.gateway_ping_unmapped or self.dns_reply_from_gateway or self.rst_without_ack
+                or self.inbound_handshake_incomplete)
 
     def describe(self) -> list[str]:
         out = []
@@ -43,9 +48,12 @@ class Quirks:
             out.append("DNS replies come from the gateway address")
         if self.rst_without_ack:
             out.append("refused connections hang (RST without ACK)")
+        if self.inbound_handshake_incomplete:
+            out.append("forwarded connections stall until the host side sends (no final handshake ACK)")
         return out
 
 
 def quirks_for(info: BinaryInfo) -> Quirks:
     legacy = not info.has("map-host-loopback")
-    return Quirks(gateway_ping_unmapped=legacy, dns_reply_from_gateway=legacy, rst_without_ack=legacy)
+    return Quirks(gateway_ping_unmapped=legacy, dns_reply_from_gateway=legacy, rst_without_ack=legacy,
+                  inbound_handshake_incomplete=legacy)

@@ -82,6 +82,9 @@ class Relay:
             self.frames_to_passt += len(parts) // 2
             self.bytes_to_passt += total
             if fixups is not None:
+                if fixups.inject:
+                    link.send_frames(fixups.inject)
+                    fixups.inject.clear()
                 link.flush()
             if parts:
                 self._send_parts(parts, total)

@@ -79,3 +79,32 @@ def test_rst_without_ack_gets_the_ack_linux_needs():
     assert l4_csum(remote, GUEST, 6, fixed[34:]) == 0
     # an RST for a connection we never saw a SYN for is not touched
     assert f.to_guest(memoryview(eth(GMAC, PMAC, tcp(remote, GUEST, 9, 41001, 0, 0, 0x04)))) is None
+
+
+def tcp_opts(src, dst, sport, dport, seq, ack, flags, window, opts: bytes):
+    seg = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + len(opts) // 4) << 4, flags,
+                                window, 0, 0) + opts)
+    seg[16:18] = struct.pack("!H", l4_csum(src, dst, 6, bytes(seg)))
+    return ipv4(src, dst, 6, bytes(seg))
+
+
+def test_inbound_handshake_is_completed_for_the_guest():
+    f = Fixups(GW, DNS)
+    # passt's SYN to the guest's port 22 (MSS 1460, window scale 8)
+    syn = eth(GMAC, PMAC, tcp_opts(GW, GUEST, 50000, 22, 7000, 0, 0x02, 65535,
+                                   b"\x02\x04\x05\xb4\x01\x03\x03\x08"))
+    assert f.to_guest(memoryview(syn)) is None
+    synack = eth(PMAC, GMAC, tcp(GUEST, GW, 22, 50000, 900, 7001, 0x12))
+    assert f.from_guest(memoryview(synack)) is None  # still forwarded to passt
+    assert len(f.inject) == 1
+    ack = f.inject[0]
+    assert ack[0:6] == GMAC and ack[6:12] == PMAC
+    assert ack[26:30] == GW.packed and ack[30:34] == GUEST.packed
+    sport, dport, seq, acknum, _off, flags, window = struct.unpack_from("!HHIIBBH", ack, 34)
+    assert (sport, dport, seq, acknum, flags) == (50000, 22, 7001, 901, 0x10)
+    assert window == 65535 >> 8
+    assert checksum(ack[14:34]) == 0 and l4_csum(GW, GUEST, 6, ack[34:]) == 0
+    # only once, and not for a SYN-ACK that does not answer passt's SYN
+    f.inject.clear()
+    f.from_guest(memoryview(synack))
+    assert not f.inject

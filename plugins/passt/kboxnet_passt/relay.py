@@ -21,6 +21,7 @@ import socket
 import struct
 
 from kboxnet_core.links.base import ETH_MAX, ETH_MIN, Link
+from kboxnet_core.links.stream import enlarge_socket_buffers
 
 from .fixups import Fixups
 
@@ -228,13 +229,6 @@ def make_socketpair(size: int = 16 * 1024 * 1024) -> tuple[socket.socket, socket
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     for sock in (ours, theirs):
-        for force, plain in ((32, socket.SO_SNDBUF), (33, socket.SO_RCVBUF)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, size)
-            except OSError:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, plain, size)
-                except OSError:
-                    pass
+        enlarge_socket_buffers(sock, size)
     os.set_inheritable(theirs.fileno(), True)
     return ours, theirs

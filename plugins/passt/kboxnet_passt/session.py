@@ -22,10 +22,9 @@ import os
 import select
 import shlex
 import socket
-import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from kboxnet_core.backend import Session, SessionContext, SessionResult, SessionState
+from kboxnet_core.backend import LoopSession, SessionContext, SessionResult
 from kboxnet_core.links.base import Link, LinkClosed
 
 from .fixups import Fixups
@@ -35,63 +34,28 @@ from .relay import PasstClosed, Relay, make_socketpair
 log = logging.getLogger(__name__)
 
 
-class PasstSession(Session):
-    """passt serving one link (direct or relay mode).
+class PasstProcessSession(LoopSession):
+    """A session whose event loop owns one passt (or pasta) process.
 
-    :param argv_for_fd: builds passt's full argv given the fd number it gets.
+    ``run()`` is the monitor thread of :class:`~kboxnet_core.backend.LoopSession`; the process
+    is spawned from it (so ``PR_SET_PDEATHSIG`` follows a thread that lives exactly as long as
+    passt) and terminated when it returns.
     """
 
     backend_name = "passt"
 
-    def __init__(self, link: Link, ctx: SessionContext, argv_for_fd: Callable[[int], Sequence[str]],
-                 mode: str, fixups: Fixups | None = None, ready_timeout: float = 5.0) -> None:
-        if mode not in ("direct", "relay"):
-            raise ValueError(f"unknown mode {mode!r}")
-        self.link = link
-        self.ctx = ctx
-        self.mode = mode
-        self._argv_for_fd = argv_for_fd
-        self._fixups = fixups
-        self._ready_timeout = ready_timeout
-        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._ready = threading.Event()
-        self._done = threading.Event()
-        self._stopping = False
-        self._result: SessionResult | None = None
+    def __init__(self) -> None:
+        super().__init__()
         self._proc: PasstProcess | None = None
-        self._relay: Relay | None = None
-        self._thread: threading.Thread | None = None
-        self.state = SessionState.NEW
-        self.argv: list[str] = []
-
-    # -- Session API ----------------------------------------------------------------
-    def start(self) -> None:
-        self.state = SessionState.STARTING
-        self._thread = threading.Thread(target=self._main, name=f"passt-{self.mode}", daemon=True)
-        self._thread.start()
-
-    def ready(self, timeout: float) -> bool:
-        self._ready.wait(timeout)
-        return self.state is SessionState.READY
-
-    def wait(self, timeout: float | None = None) -> SessionResult | None:
-        if not self._done.wait(timeout):
-            return None
-        return self._result
+        self._stopping = False
 
     def stop(self) -> None:
         self._stopping = True
-        try:
-            os.write(self._stop_w, b"x")
-        except OSError:
-            pass
+        super().stop()
 
     def pids(self) -> list[int]:
         proc = self._proc
         return [proc.pid] if proc is not None and proc.poll() is None else []
-
-    def counters(self) -> Mapping[str, int]:
-        return self._relay.counters() if self._relay is not None else {}
 
     def health(self) -> str:
         proc = self._proc
@@ -99,25 +63,44 @@ class PasstSession(Session):
             return "starting"
         return "ok" if proc.poll() is None else proc.exit_description()
 
-    # -- monitor thread -------------------------------------------------------------
-    def _main(self) -> None:
+    def run(self, stop_fd: int) -> SessionResult:
         try:
-            result = self._serve()
-        except Exception as exc:  # noqa: BLE001 - becomes the session's failure reason
-            log.exception("passt session crashed")
-            result = SessionResult(False, f"passt session error: {type(exc).__name__}: {exc}")
+            return self._serve(stop_fd)
         finally:
             if self._proc is not None:
                 self._proc.terminate()
-        self._result = result
-        self.state = SessionState.STOPPED if result.ok else SessionState.FAILED
-        self._done.set()
-        self._ready.set()
-        for fd in (self._stop_r, self._stop_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            self._after()
+
+    def _serve(self, stop_fd: int) -> SessionResult:
+        raise NotImplementedError
+
+    def _after(self) -> None:
+        """Clean-up after the process ended (runs in the monitor thread)."""
+
+
+class PasstSession(PasstProcessSession):
+    """passt serving one link (direct or relay mode).
+
+    :param argv_for_fd: builds passt's full argv given the fd number it gets.
+    """
+
+    def __init__(self, link: Link, ctx: SessionContext, argv_for_fd: Callable[[int], Sequence[str]],
+                 mode: str, fixups: Fixups | None = None, ready_timeout: float = 5.0) -> None:
+        if mode not in ("direct", "relay"):
+            raise ValueError(f"unknown mode {mode!r}")
+        super().__init__()
+        self.thread_name = f"passt-{mode}"
+        self.link = link
+        self.ctx = ctx
+        self.mode = mode
+        self._argv_for_fd = argv_for_fd
+        self._fixups = fixups
+        self._ready_timeout = ready_timeout
+        self._relay: Relay | None = None
+        self.argv: list[str] = []
+
+    def counters(self) -> Mapping[str, int]:
+        return self._relay.counters() if self._relay is not None else {}
 
     def _spawn(self, fd: int) -> PasstProcess:
         self.argv = list(self._argv_for_fd(fd))
@@ -129,19 +112,18 @@ class PasstSession(Session):
 
     def _await_ready(self, proc: PasstProcess) -> SessionResult | None:
         if proc.wait_ready(self._ready_timeout):
-            self.state = SessionState.READY
-            self._ready.set()
+            self.mark_ready()
             return None
         if proc.poll() is None:
             return SessionResult(False, f"passt did not finish start-up within {self._ready_timeout:.1f} s")
         return SessionResult(False, f"passt failed to start: {proc.exit_description()}")
 
-    def _serve(self) -> SessionResult:
+    def _serve(self, stop_fd: int) -> SessionResult:
         if self.mode == "direct":
-            return self._serve_direct()
-        return self._serve_relay()
+            return self._serve_direct(stop_fd)
+        return self._serve_relay(stop_fd)
 
-    def _serve_direct(self) -> SessionResult:
+    def _serve_direct(self, stop_fd: int) -> SessionResult:
         sock: socket.socket = self.link.socket  # type: ignore[attr-defined]
         fd = sock.fileno()
         was_blocking = sock.getblocking()
@@ -153,20 +135,20 @@ class PasstSession(Session):
             failed = self._await_ready(proc)
             if failed is not None:
                 return failed
-            return self._watch(proc, sock)
+            return self._watch(proc, sock, stop_fd)
         finally:
             sock.setblocking(was_blocking)
 
-    def _watch(self, proc: PasstProcess, sock: socket.socket) -> SessionResult:
+    def _watch(self, proc: PasstProcess, sock: socket.socket, stop_fd: int) -> SessionResult:
         pidfd = _pidfd_open(proc.pid)
         try:
             poller = select.poll()
-            poller.register(self._stop_r, select.POLLIN)
+            poller.register(stop_fd, select.POLLIN)
             if pidfd is not None:
                 poller.register(pidfd, select.POLLIN)
             while proc.poll() is None:
                 events = poller.poll(None if pidfd is not None else 200)
-                if any(fd == self._stop_r for fd, _ in events):
+                if any(fd == stop_fd for fd, _ in events):
                     proc.terminate()
                     return SessionResult(True, "stopped")
         finally:
@@ -179,7 +161,7 @@ class PasstSession(Session):
             return SessionResult(True, "guest closed the connection", guest_gone=True)
         return SessionResult(False, f"passt ended: {proc.exit_description()}")
 
-    def _serve_relay(self) -> SessionResult:
+    def _serve_relay(self, stop_fd: int) -> SessionResult:
         ours, theirs = make_socketpair()
         try:
             try:
@@ -191,7 +173,7 @@ class PasstSession(Session):
                 return failed
             self._relay = Relay(self.link, ours, self._fixups)
             try:
-                self._relay.run(self._stop_r)
+                self._relay.run(stop_fd)
             except LinkClosed as exc:
                 return SessionResult(True, f"guest link closed: {exc}", guest_gone=True)
             except PasstClosed as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 
 import attrs
 
@@ -86,7 +85,4 @@ def core_checks() -> list[Check]:
     checks.append(Check("ping sockets", ping_ok, f"net.ipv4.ping_group_range = {' '.join(rng)} (gid {gid})",
                         "" if ping_ok else f'sysctl -w net.ipv4.ping_group_range="0 {2**31 - 1}" to let guests ping '
                                            "hosts other than the gateway (minislirp answers the gateway itself)"))
-    passt = shutil.which("passt")
-    checks.append(Check("passt binary", passt is not None, passt or "passt not found on PATH",
-                        "" if passt else "apt-get install passt (or set [net.passt] binary)"))
     return checks

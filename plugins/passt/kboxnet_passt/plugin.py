@@ -156,3 +156,13 @@ class PasstBackend(Backend):
 @hookimpl
 def kboxnet_register_backends():
     return [PasstBackend]
+
+
+@hookimpl
+def kboxnet_doctor_checks(config):
+    """``kboxnet doctor``: is a usable passt installed (binary, version, options, start-up)?"""
+    from kboxnet_core.doctor import Check
+
+    found = PasstBackend().probe(config)
+    return [Check("passt", found.available, found.reason,
+                  found.hint or ("" if found.available else "apt-get install passt"))]

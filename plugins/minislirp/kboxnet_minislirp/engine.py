@@ -1,5 +1,9 @@
 """The minislirp engine: one epoll loop between a guest link and host sockets.
 
+One engine serves both address families: :mod:`.family` holds what differs
+between IPv4 and IPv6 (and each family's guest-visible addresses), IPv6 adds
+:mod:`.ndp` (router advertisements, neighbour discovery) and :mod:`.dhcp6`.
+
 The engine owns the link, the epoll object, the guest's L2 identity, frame
 output (virtio-net header, pcap) and the timers; the protocol modules
 (:mod:`.arp`, :mod:`.dhcp`, :mod:`.icmp`, :mod:`.udp`, :mod:`.tcp`) own
@@ -10,6 +14,7 @@ guest, reads from host sockets) is done once per batch, not once per frame.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import select
 import time
@@ -21,9 +26,11 @@ from kboxnet_core.links.base import Link, LinkClosed
 from .arp import Arp
 from .counters import Counters
 from .dhcp import DhcpServer, host_search_domains
-from .family import IPv4
+from .dhcp6 import Dhcp6Server
+from .family import IPv4, IPv6
 from .forward import Forwarder
 from .icmp import Icmp
+from .ndp import ROUTER_LL, Ndp
 from .pcap import PcapWriter
 from .settings import MinislirpSettings
 from .tcp import Tcp
@@ -35,6 +42,7 @@ from .wire import (
     ETH_P_IP,
     ETH_P_IPV6,
     IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
     VNET_F_DATA_VALID,
@@ -55,7 +63,7 @@ TICK = 0.05
 
 
 class Engine:
-    """Translates between one guest link and host sockets (IPv4)."""
+    """Translates between one guest link and host sockets (IPv4 and IPv6)."""
 
     def __init__(self, link: Link, net: NetConfig, settings: MinislirpSettings | None = None) -> None:
         self.link = link
@@ -78,6 +86,23 @@ class Engine:
         self.translator4 = Translator.from_config(self.gateway4, self.dns4, tuple(net.resolvers()), net.egress,
                                                   net.map_gateway_to_loopback, 4)
         self.local4 = frozenset({self.gateway4, self.dns4})
+        fam4 = self.ipv4
+        fam4.guest, fam4.gateway, fam4.dns, fam4.local = self.guest_ip4, self.gateway4, self.dns4, self.local4
+        v6 = net.ipv6
+        #: None when ``[net.ipv6] enabled = false``: IPv6 frames are then dropped and counted
+        self.ipv6: IPv6 | None = None
+        self.translator6: Translator | None = None
+        self.ndp: Ndp | None = None
+        self.dhcp6: Dhcp6Server | None = None
+        if v6.enabled:
+            fam6 = self.ipv6 = IPv6()
+            fam6.guest, fam6.gateway, fam6.dns = (IPv6.pack(a) for a in (v6.address, v6.gateway, v6.dns))
+            fam6.local = frozenset({fam6.gateway, fam6.dns, ROUTER_LL})
+            self.translator6 = Translator.from_config(fam6.gateway, fam6.dns, tuple(net.resolvers()), net.egress,
+                                                      net.map_gateway_to_loopback, 6)
+            self.ndp = Ndp(self, ipaddress.IPv6Network(v6.prefix), v6.dhcpv6)
+            if v6.dhcpv6:
+                self.dhcp6 = Dhcp6Server(self, fam6.guest, fam6.dns, v4.lease_time)
         self.pcap = PcapWriter(net.pcap) if net.pcap else None
         self.arp = Arp(self)
         self.dhcp = DhcpServer(self, address=self.guest_ip4, prefix_len=v4.prefix_len, gateway=self.gateway4,
@@ -110,6 +135,8 @@ class Engine:
             log.exception("minislirp: internal error in %s (session continues)", where)
 
     def translator(self, version: int) -> Translator:
+        if version == 6 and self.translator6 is not None:
+            return self.translator6
         return self.translator4
 
     # ---- host sockets ------------------------------------------------------
@@ -174,7 +201,22 @@ class Engine:
         elif etype == ETH_P_ARP:
             self.arp.input(frame)
         elif etype == ETH_P_IPV6:
-            self.counters.drop("ipv6_unsupported")
+            fam = self.ipv6
+            if fam is None:
+                self.counters.drop("ipv6_disabled")
+                return
+            p = fam.parse(frame, self.counters)
+            if p is None:
+                return
+            proto = p.proto
+            if proto == IPPROTO_TCP:
+                self.tcp.input(fam, frame, p, csum_ok)
+            elif proto == IPPROTO_UDP:
+                self.udp.input(fam, frame, p, csum_ok)
+            elif proto == IPPROTO_ICMPV6:
+                self.icmp.input(fam, frame, p, csum_ok)
+            else:
+                self.counters.drop("ipv6_proto_unsupported")
         else:
             self.counters.drop("ethertype_unknown")
 
@@ -214,6 +256,13 @@ class Engine:
         handlers = self.handlers
         tcp = self.tcp
         next_tick = time.monotonic() + TICK
+        if self.ndp is not None:
+            try:
+                self.ndp.send_ra()  # the guest may be up already; it also solicits one when it comes up
+            except LinkClosed:
+                raise
+            except Exception:  # noqa: BLE001
+                self._internal_error("router advertisement")
         if on_ready is not None:
             on_ready()
         try:
@@ -257,6 +306,8 @@ class Engine:
                         tcp.tick(now)
                         self.udp.tick(now)
                         self.icmp.tick(now)
+                        if self.ndp is not None:
+                            self.ndp.tick(now)
                     except LinkClosed:
                         raise
                     except Exception:  # noqa: BLE001

@@ -1,4 +1,7 @@
-"""ICMP: echo to the gateway/DNS answered locally, other echoes via ping sockets, errors to the guest.
+"""ICMP and ICMPv6: echo to the gateway/DNS answered locally, other echoes via ping sockets, errors to the guest.
+
+Both families share this code; type numbers, unreachable codes and the
+ICMPv6 pseudo-header come from the flow's family (:mod:`.family`).
 
 Unprivileged ICMP "ping" sockets (``SOCK_DGRAM``/``IPPROTO_ICMP``) need the
 caller's group inside ``net.ipv4.ping_group_range``; where they are not
@@ -21,9 +24,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .family import IPv4, Packet
 
-ECHO_REPLY, DEST_UNREACH, ECHO_REQUEST = 0, 3, 8
 _H = struct.Struct("!H")
-_IP4 = struct.Struct("!BBHHHBBH4s4s")
 
 
 class EchoFlow:
@@ -52,14 +53,16 @@ class Icmp:
         self._buf = bytearray(HEADROOM + 14 + 60 + 65536)
         self._view = memoryview(self._buf)
 
-    def _emit(self, fam: IPv4, src: bytes, dst: bytes, icmp: bytes | bytearray | memoryview) -> None:
+    def _emit(self, fam: IPv4, src: bytes, dst: bytes, icmp: bytes | bytearray | memoryview, hops: int = 64,
+              dmac: bytes | None = None) -> None:
         e = self.e
         buf = self._buf
-        l4 = fam.write_headers(buf, HEADROOM, e.guest_mac, HOST_MAC, src, dst, fam.icmp_proto, len(icmp))
-        end = l4 + len(icmp)
+        n = len(icmp)
+        l4 = fam.write_headers(buf, HEADROOM, dmac or e.guest_mac, HOST_MAC, src, dst, fam.icmp_proto, n, hops)
+        end = l4 + n
         buf[l4:end] = icmp
         _H.pack_into(buf, l4 + 2, 0)
-        _H.pack_into(buf, l4 + 2, checksum(self._view[l4:end]))
+        _H.pack_into(buf, l4 + 2, checksum(self._view[l4:end], fam.icmp_pseudo(src, dst, n)))
         if e.vnet:
             buf[0:10] = bytes(10)
         e.out_view(self._view, end)
@@ -70,17 +73,20 @@ class Icmp:
         if end - l4 < 8:
             c.drop("icmp_truncated")
             return
-        if not csum_ok and self._bad(frame[l4:end]):
+        if not csum_ok and (big_sum(frame[l4:end]) + fam.icmp_pseudo(p.src, p.dst, end - l4)) % 0xFFFF:
             c.drop("icmp_bad_checksum")
             return
         itype, _code, _csum, ident, seq = ICMP_ECHO.unpack_from(frame, l4)
-        if itype != ECHO_REQUEST:
+        if itype != fam.echo_request:
+            if fam.version == 6 and 133 <= itype <= 137 and self.e.ndp is not None:
+                self.e.ndp.input(fam, frame, p)
+                return
             c.drop("icmp_type_unsupported")
             return
         c["icmp.echo_in"] += 1
-        if p.dst in self.e.local4:
+        if p.dst in fam.local:
             reply = bytearray(frame[l4:end])
-            reply[0] = ECHO_REPLY
+            reply[0] = fam.echo_reply
             self._emit(fam, p.dst, p.src, reply)
             c["icmp.echo_local"] += 1
             return
@@ -95,13 +101,9 @@ class Icmp:
                 return
         flow.last = self.e.now
         try:
-            flow.sock.sendto(frame[l4:end], (fam.text(p.dst if p.dst != self.e.gateway4 else fam.loopback), 0))
+            flow.sock.sendto(frame[l4:end], (fam.text(p.dst), 0))
         except OSError:
             c.drop("icmp_send_failed")
-
-    @staticmethod
-    def _bad(data: memoryview) -> bool:
-        return big_sum(data) % 0xFFFF != 0
 
     def _open(self, fam: IPv4, frame: memoryview, p: Packet, key: tuple, ident: int) -> EchoFlow | None:
         e = self.e
@@ -109,14 +111,14 @@ class Icmp:
 
         if not e.net.egress.permits(ipaddress.ip_address(p.dst), 0):
             self.c.drop("icmp_egress_denied")
-            self.unreachable(fam, frame, p, 13)
+            self.unreachable(fam, frame, p, fam.code_admin)
             return None
         if self.ping_sockets_ok is False:
             self.c.drop("icmp_no_ping_socket")
             return None
         try:
             sock = socket.socket(fam.af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                                 socket.IPPROTO_ICMP)
+                                 fam.icmp_proto)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 self.ping_sockets_ok = False
@@ -137,7 +139,7 @@ class Icmp:
                 data = flow.sock.recv(65536)
             except OSError:
                 return
-            if len(data) < 8 or data[0] != ECHO_REPLY:
+            if len(data) < 8 or data[0] != flow.fam.echo_reply:
                 continue
             msg = bytearray(data)
             _H.pack_into(msg, 4, flow.ident)
@@ -148,17 +150,15 @@ class Icmp:
     def unreachable(self, fam: IPv4, frame: memoryview, p: Packet, code: int) -> None:
         """An ICMP destination unreachable for the guest packet in ``frame``."""
         quote = bytes(frame[14:min(p.l4_end, p.l4_off + 8)])
-        self._emit(fam, self.e.gateway4, p.src, struct.pack("!BBHI", DEST_UNREACH, code, 0, 0) + quote)
+        self._emit(fam, fam.gateway, p.src, struct.pack("!BBHI", fam.dest_unreach, code, 0, 0) + quote)
         self.c["icmp.unreach_out"] += 1
 
     def unreachable_for_flow(self, fam: IPv4, gaddr: bytes, gport: int, raddr: bytes, rport: int, proto: int,
                              code: int, data: bytes) -> None:
         """An ICMP error for a flow, quoting a reconstructed guest datagram header."""
         ulen = 8 + len(data)
-        ip = bytearray(_IP4.pack(0x45, 0, 20 + ulen, 0, 0x4000, 64, proto, 0, gaddr, raddr))
-        _H.pack_into(ip, 10, checksum(ip))
-        quote = bytes(ip) + struct.pack("!HHHH", gport, rport, ulen, 0)
-        self._emit(fam, raddr, gaddr, struct.pack("!BBHI", DEST_UNREACH, code, 0, 0) + quote)
+        quote = fam.bare_header(gaddr, raddr, proto, ulen) + struct.pack("!HHHH", gport, rport, ulen, 0)
+        self._emit(fam, raddr, gaddr, struct.pack("!BBHI", fam.dest_unreach, code, 0, 0) + quote)
         self.c["icmp.unreach_out"] += 1
 
     def tick(self, now: float) -> None:

@@ -10,6 +10,7 @@ resolvers and are not subject to the egress policy (the operator chose them).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Union
 
 import attrs
@@ -27,6 +28,11 @@ class Target:
     port: int = 0
     refused: str = ""  # non-empty: drop reason ("egress_denied", "no_resolver", ...)
     dns: bool = False
+
+    @property
+    def af(self) -> int:
+        """The host socket family (a v6 guest's DNS flow may go to an IPv4 resolver and vice versa)."""
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
 
 @attrs.define
@@ -51,8 +57,9 @@ class Translator:
                 addr, port = parse_resolver(spec)
             except ValueError:
                 continue
-            if addr.version == version:
-                resolvers.append((addr, port))
+            resolvers.append((addr, port))
+        # resolvers of the guest's own family first; the others are still used (DNS is DNS)
+        resolvers.sort(key=lambda r: r[0].version != version)
         return cls(gateway, dns, tuple(resolvers), policy, map_gateway,
                    "127.0.0.1" if version == 4 else "::1")
 

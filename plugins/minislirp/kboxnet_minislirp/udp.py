@@ -14,16 +14,18 @@ import struct
 from typing import TYPE_CHECKING
 
 from .checksum import big_sum, checksum, fold
+from .family import IPv4, IPv6
 from .wire import HEADROOM, HOST_MAC, IPPROTO_UDP, UDP, VNET, VNET_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
     from .engine import Engine
-    from .family import IPv4, Packet
+    from .family import Packet
     from .translate import Target
 
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-SO_EE_ORIGIN_ICMP = 2
+#: per host socket family: (level, option, origin, ICMP unreachable type) of IP(V6)_RECVERR
+RECVERR = {socket.AF_INET: IPv4.recverr, socket.AF_INET6: IPv6.recverr}
+_BY_LEVEL = {r[:2]: r for r in RECVERR.values()}
 _EE = struct.Struct("=IBBBBII")
 _H = struct.Struct("!H")
 #: datagrams read from one host socket per wakeup
@@ -85,6 +87,12 @@ class Udp:
         if dport == 67 and fam.version == 4:
             self.e.dhcp.input(frame, l4 + 8, end)
             return
+        if dport == 547 and fam.version == 6:
+            if self.e.dhcp6 is not None:
+                self.e.dhcp6.input(fam, frame, p, sport, l4 + 8, end)
+            else:
+                c.drop("dhcpv6_disabled")
+            return
         if not fam.is_unicast(p.dst):
             c.drop("udp_not_unicast")
             return
@@ -115,21 +123,22 @@ class Udp:
         target = e.translator(fam.version).target(p.dst, dport)
         if target.refused:
             self.c.drop("udp_" + target.refused)
-            e.icmp.unreachable(fam, frame, p, 13 if target.refused == "egress_denied" else 3)
+            e.icmp.unreachable(fam, frame, p, fam.code_admin if target.refused == "egress_denied" else fam.code_port)
             return None
         try:
-            sock = socket.socket(fam.af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            sock = socket.socket(target.af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
             self.c.drop("udp_socket_failed")
             e.log_once("socket", f"cannot create a UDP socket: {exc}")
             return None
         try:
-            sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+            level, opt = RECVERR[target.af][:2]
+            sock.setsockopt(level, opt, 1)
             sock.connect((target.host, target.port))
         except OSError:
             sock.close()
             self.c.drop("udp_connect_failed")
-            e.icmp.unreachable(fam, frame, p, 1)
+            e.icmp.unreachable(fam, frame, p, fam.code_host)
             return None
         timeout = e.settings.dns_timeout if target.dns else e.settings.udp_timeout
         flow = UdpFlow(key, fam, sock, p.src, sport, p.dst, dport, e.now, timeout)
@@ -189,12 +198,13 @@ class Udp:
             except OSError:
                 return
             raddr = fam.pack(peer[0])
-            if raddr[0] == 127:
-                raddr = e.gateway4  # host loopback appears as the gateway
-            key = (e.guest_ip4, guest_port, raddr, peer[1])
+            if fam.is_host_loopback(raddr):
+                raddr = fam.gateway  # host loopback appears as the gateway
+            gaddr = fam.inbound_guest()
+            key = (gaddr, guest_port, raddr, peer[1])
             flow = self.flows.get(key)
             if flow is None:
-                flow = UdpFlow(key, fam, lsock, e.guest_ip4, guest_port, raddr, peer[1], e.now, e.settings.udp_timeout)
+                flow = UdpFlow(key, fam, lsock, gaddr, guest_port, raddr, peer[1], e.now, e.settings.udp_timeout)
                 flow.peer = peer
                 self.flows[key] = flow
                 self.c["udp.inbound_flows"] += 1
@@ -210,10 +220,15 @@ class Udp:
             except OSError:
                 return
             for level, kind, cdata in anc:
-                if level != socket.SOL_IP or kind != IP_RECVERR or len(cdata) < _EE.size:
+                rec = _BY_LEVEL.get((level, kind))
+                if rec is None or len(cdata) < _EE.size:
                     continue
                 _err, origin, itype, code, _pad, _info, _d = _EE.unpack_from(cdata)
-                if origin == SO_EE_ORIGIN_ICMP and itype == 3:
+                if origin == rec[2] and itype == rec[3]:
+                    fam = flow.fam
+                    if rec[3] != fam.dest_unreach:  # the host socket's family differs from the guest's
+                        port = code == (3 if rec[3] == 3 else 4)
+                        code = fam.code_port if port else fam.code_host
                     if flow.target is not None and flow.target.dns and self._dns_failover(flow):
                         continue
                     self.c["udp.icmp_reflected"] += 1

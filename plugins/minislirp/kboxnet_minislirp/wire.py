@@ -15,6 +15,7 @@ HOST_MAC = bytes.fromhex("525500000202")
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
 
 #: room in front of every frame we build for the 10-byte virtio-net header
 HEADROOM = 10

@@ -12,6 +12,7 @@ from kboxnet_minislirp.plugin import MinislirpBackend, kboxnet_register_backends
 from kboxnet_minislirp.settings import MinislirpSettings
 from kboxnet_minislirp.wire import HOST_MAC
 from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6ND_RA, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from kboxnet_core.backend import SessionContext
@@ -54,6 +55,9 @@ def test_serves_then_ends_with_guest_gone_when_peer_closes():
         _send(peer, bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc="10.0.2.15",
                                                                           pdst="10.0.2.2")))
         reply = _recv(peer)
+        if IPv6 in reply:  # the router advertisement sent at start
+            assert ICMPv6ND_RA in reply
+            reply = _recv(peer)
         assert reply[ARP].op == 2 and reply[ARP].hwsrc == HOST_MAC.hex(":")
         _send(peer, bytes(Ether(src=mac, dst=HOST_MAC.hex(":")) / IP(src="10.0.2.15", dst="10.0.2.3")
                           / ICMP(id=1, seq=1)))

@@ -3,7 +3,7 @@
 UDP_CLIENT = r"""
 import socket, sys
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
 s.connect((host, port))
 ok = 0
@@ -51,8 +51,9 @@ print("ANSWERS", struct.unpack("!H", msg[6:8])[0], ".".join(str(b) for b in msg[
 
 ECHO_SERVER_IN_GUEST = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+addr = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, int(sys.argv[1])))
 s.settimeout(10)
 print("READY", flush=True)
 data, peer = s.recvfrom(65535)
@@ -112,9 +113,10 @@ sys.stdin.readline()
 
 TCP_ECHO_SERVER_IN_GUEST = r"""
 import socket, sys
-s = socket.socket()
+addr = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s.bind((addr, int(sys.argv[1])))
 s.listen(4)
 s.settimeout(20)
 print("READY", flush=True)

@@ -59,19 +59,21 @@ def test_published_port_reaches_a_server_in_the_guest(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "kboxnet_core", "run", "--net", "minislirp", "-p", f"{port}:8000",
                              "--", sys.executable, "-m", "http.server", "-b", "10.0.2.15", "8000"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    body, last_error = b"", None
     try:
-        body = b""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/blob", timeout=10).read()
                 break
-            except OSError:
+            except OSError as exc:  # the guest's server may not be listening yet
+                last_error = exc
                 time.sleep(0.2)
-        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
     finally:
         proc.terminate()
-        proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
+    assert body, f"no answer through the published port (last error {last_error!r}); kboxnet said:\n{err}"
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 @pytest.mark.netns

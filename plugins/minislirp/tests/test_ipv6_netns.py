@@ -96,7 +96,8 @@ def test_slaac_address_and_default_route_from_our_ra(guest):
     route = run_in(guest, ["ip", "-6", "route"])
     assert "default via fe80::2 dev tap0" in route, route
     c = guest.session.counters()
-    assert c["ndp.ra_out"] >= 1 and c["ndp.rs_in"] >= 1
+    # the RA sent at start may already configure it, before the kernel's own solicitation (answered too)
+    assert c["ndp.ra_out"] >= 1, sorted(c.items())
     # the guest's DAD probe taught us its address
     assert socket.inet_pton(socket.AF_INET6, f"fd00::{eui64(mac)}") in guest.session.engine.ipv6.learned
 

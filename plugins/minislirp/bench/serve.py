@@ -5,6 +5,7 @@ time is measured separately and it can be profiled with ``--profile FILE``,
 a cProfile dump of the session thread).
 
     python3 serve.py --netns NAME [--mtu 1500] [--vnet] [--stream] [--dns 127.0.0.1:53]
+                     [--allow ::1/128] [--forward [::1]:PORT=GUESTPORT]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from guest import GuestNet  # noqa: E402
 from kboxnet_minislirp.settings import MinislirpSettings  # noqa: E402
 
+from kboxnet_core.config.model import Forward  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,12 +35,15 @@ def main() -> int:
     ap.add_argument("--dns", default="127.0.0.1:53")
     ap.add_argument("--allow", action="append", default=[],
                     help="egress CIDR allowed besides 127.0.0.0/8 (only namespaces you own)")
+    ap.add_argument("--forward", action="append", default=[], metavar="HOST=GUESTPORT",
+                    help="publish a TCP port: host address:port (IPv6 as [::1]:P) = guest port")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile dump of the session thread")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = MinislirpSettings(offload=not args.no_offload)
     g = GuestNet(mtu=args.mtu, vnet_hdr=args.vnet, stream=args.stream, dns=(args.dns,), settings=settings,
-                 netns=args.netns, relay_process=True, allow=tuple(args.allow))
+                 netns=args.netns, relay_process=True, allow=tuple(args.allow),
+                 forward=tuple(Forward(guest=int(g), host=h) for h, _, g in (f.rpartition("=") for f in args.forward)))
     profiler = None
     if args.profile:
         import cProfile

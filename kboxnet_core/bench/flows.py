@@ -34,6 +34,7 @@ def run_client(host: str, port: int, flows: int, seconds: float, chunk: int = 65
     socks: list[socket.socket] = []
     sent = 0
     errors = 0
+    first_error = ""
     t_connect = time.perf_counter()
     for _ in range(flows):
         s = socket.create_connection((host, port), timeout=30)
@@ -49,8 +50,9 @@ def run_client(host: str, port: int, flows: int, seconds: float, chunk: int = 65
                 sent += key.fileobj.send(payload)  # type: ignore[union-attr]
             except BlockingIOError:
                 pass
-            except OSError:
+            except OSError as exc:
                 errors += 1
+                first_error = first_error or f"send: {exc}"
                 sel.unregister(key.fileobj)
     # half-close and wait for the sink's EOF: only then has every byte written been delivered
     # (a sandbox's namespace may vanish as soon as this process exits)
@@ -60,8 +62,9 @@ def run_client(host: str, port: int, flows: int, seconds: float, chunk: int = 65
         try:
             s.shutdown(socket.SHUT_WR)
             sel.register(s, selectors.EVENT_READ)
-        except OSError:
+        except OSError as exc:
             errors += 1
+            first_error = first_error or f"shutdown: {exc}"
     pending = len(sel.get_map())
     drain_deadline = time.perf_counter() + 30 + flows / 20
     while pending and time.perf_counter() < drain_deadline:
@@ -70,9 +73,10 @@ def run_client(host: str, port: int, flows: int, seconds: float, chunk: int = 65
                 data = key.fileobj.recv(4096)  # type: ignore[union-attr]
             except BlockingIOError:
                 continue
-            except OSError:
+            except OSError as exc:
                 data = b""
                 errors += 1
+                first_error = first_error or f"recv: {exc}"
             if not data:
                 sel.unregister(key.fileobj)
                 pending -= 1
@@ -80,7 +84,8 @@ def run_client(host: str, port: int, flows: int, seconds: float, chunk: int = 65
     for s in socks:
         s.close()
     return {"flows": flows, "bytes": sent, "seconds": round(elapsed, 3), "connect_s": round(connect_s, 3),
-            "gbps": round(sent * 8 / elapsed / 1e9, 3), "errors": errors, "undelivered_flows": pending}
+            "gbps": round(sent * 8 / elapsed / 1e9, 3), "errors": errors, "undelivered_flows": pending,
+            "first_error": first_error}
 
 
 class SinkServer:

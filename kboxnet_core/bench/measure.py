@@ -207,6 +207,6 @@ def flows(att: Attached, path: str, sink: SinkServer, mtu: int, repeat: int, cou
         time.sleep(0.05)
     lost = data["bytes"] - sink.received
     error = "" if data["errors"] == 0 and not data["undelivered_flows"] and sink.closed_flows == count else (
-        f"{data['errors']} client errors, {data['undelivered_flows']} flows not acknowledged, "
-        f"{sink.closed_flows}/{count} flows closed at the sink")
+        f"{data['errors']} client errors ({data.get('first_error') or '-'}), {data['undelivered_flows']} flows "
+        f"not acknowledged, {sink.closed_flows}/{count} flows closed at the sink")
     return Sample(gbps=data["gbps"], lost_bytes=lost, error=error, **common)

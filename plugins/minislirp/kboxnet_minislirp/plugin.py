@@ -31,7 +31,7 @@ class MinislirpBackend(Backend):
     """The embedded, always-available default: pure Python, stdlib only."""
 
     name: ClassVar[str] = "minislirp"
-    description: ClassVar[str] = "pure-Python L2<->L4 translator (passt-style TCP, IPv4)"
+    description: ClassVar[str] = "pure-Python L2<->L4 translator (passt-style TCP, IPv4 + IPv6)"
     link_kinds: ClassVar[frozenset[str]] = frozenset({"stream", "tap"})
     config_section: ClassVar[str | None] = "minislirp"
     config_model: ClassVar[type | None] = MinislirpSettings

@@ -296,3 +296,58 @@ def test_published_tcp_port_over_ipv6_1gib(tmp_path, dns_server):
         finally:
             srv.kill()
             srv.wait(5)
+
+
+def test_ping6_via_ping_sockets_in_a_host_namespace():
+    """minislirp runs in a "host" namespace (ping sockets allowed) with a dead-end veth to a "gw"
+    namespace; both are ours and get fd99::2 / fd99::1. The guest pings fd99::1 through an ICMPv6
+    ping socket; a denied destination gets an ICMPv6 admin-prohibited error."""
+    from kboxnet_core.testing.netns import HostNetns, Netns
+
+    if netns_supported():
+        pytest.skip(netns_supported())
+    here = Path(__file__).parent
+    with HostNetns(area="msl6h") as hns, Netns(area="msl6p") as gns:
+        hns.host.ip("addr", "add", "fd99::2/64", "dev", "veth-h", "nodad")
+        hns.gw.ip("addr", "add", "fd99::1/64", "dev", "veth-g", "nodad")
+        serve = subprocess.Popen([*hns.host.prefix(), sys.executable, str(here.parent / "bench" / "serve.py"),
+                                  "--netns", gns.name, "--allow", "fd99::1/128"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert serve.stdout.readline().strip() == "READY"
+            gns.ip("link", "set", "tap0", "up")
+            deadline = time.monotonic() + 15
+            while "scope global" not in gns.run(["ip", "-6", "addr", "show", "dev", "tap0"], check=False).stdout \
+                    or "tentative" in gns.run(["ip", "-6", "addr", "show", "dev", "tap0"], check=False).stdout:
+                assert time.monotonic() < deadline, "no SLAAC address"
+                time.sleep(0.2)
+            out = subprocess.run([*gns.prefix(), "busybox", "ping6", "-c", "3", "-W", "2", "fd99::1"],
+                                 capture_output=True, text=True, timeout=30).stdout
+            assert "3 packets received" in out, out
+            denied = subprocess.run([*gns.prefix(), "busybox", "ping6", "-c", "1", "-W", "2", "fd98::1"],
+                                    capture_output=True, text=True, timeout=30)
+            assert "0 packets received" in denied.stdout + denied.stderr
+        finally:
+            serve.terminate()
+            _, err = serve.communicate(timeout=10)
+        assert "icmp.echo_out=3" in err, err[-2000:]
+        assert "drop.icmp_egress_denied=1" in err, err[-2000:]
+
+
+def test_ipv6_disabled_guest_gets_no_address(dns_server):
+    """``[net.ipv6] enabled = false``: no router advertisement, the kernel configures only link-local."""
+    if netns_supported():
+        pytest.skip(netns_supported())
+    from kboxnet_core.config.model import Config, IPv6Profile, NetConfig
+
+    g = GuestNet(dns=(f"127.0.0.1:{dns_server.port}",), area="msl6")
+    net = g.config.net
+    g.config = Config(net=NetConfig(**{**{f: getattr(net, f) for f in ("mtu", "dns", "egress")},
+                                       "ipv6": IPv6Profile(enabled=False)}))
+    with g:
+        assert "KBN_LEASE" in g.dhcp()
+        time.sleep(3)  # link-local DAD (1 s) + router solicitations
+        out = run_in(g, ["ip", "-6", "addr", "show", "dev", "tap0"])
+        assert "scope link" in out and "scope global" not in out, out
+        c = g.session.counters()
+        assert c.get("ndp.ra_out", 0) == 0 and c["drop.ipv6_disabled"] >= 1

@@ -10,6 +10,8 @@ import socket
 
 import pytest
 from guest import guest_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kboxnet_minislirp.engine import Engine
 from kboxnet_minislirp.wire import HOST_MAC
 from memlink import MemLink
@@ -316,3 +318,36 @@ def test_udp6_datagram_round_trip_via_host_loopback(engine):
 def test_config_default_is_ula():
     cfg = Config()
     assert str(cfg.net.ipv6.prefix) == "fd00::/64"
+
+
+@settings(max_examples=300, deadline=None)
+@given(nh=st.sampled_from([6, 17, 58, 0, 44, 99]), body=st.binary(max_size=200), hlim=st.sampled_from([64, 255]),
+       dst=st.sampled_from(["fd00::2", "fd00::3", "fe80::2", "ff02::1", "ff02::1:2", "2001:db8::1"]))
+def test_random_ipv6_payloads_never_raise(nh, body, hlim, dst):
+    eng = make_engine()
+    try:
+        frame = bytes(Ether(src=GUEST_MAC, dst=HOST) / IPv6(src=GUEST_LL, dst=dst, nh=nh, hlim=hlim) / Raw(body))
+        eng.input(memoryview(frame))
+        # the same with a valid ICMPv6/UDP checksum so that parsing goes past the checksum
+        if nh in (17, 58) and len(body) >= 8:
+            pkt = Ether(frame)
+            raw = bytearray(bytes(pkt))
+            raw[54 + (6 if nh == 17 else 2):54 + (8 if nh == 17 else 4)] = b"\0\0"
+            fixed = Ether(bytes(raw))
+            payload = bytes(fixed[IPv6].payload)
+            from scapy.layers.inet6 import in6_chksum
+
+            ck = in6_chksum(nh, fixed[IPv6], payload)
+            off = 54 + (6 if nh == 17 else 2)
+            raw[off:off + 2] = ck.to_bytes(2, "big")
+            if nh == 17:
+                raw[54 + 4:54 + 6] = len(payload).to_bytes(2, "big")
+                fixed = Ether(bytes(raw))
+                raw[off:off + 2] = b"\0\0"
+                ck = in6_chksum(nh, Ether(bytes(raw))[IPv6], bytes(Ether(bytes(raw))[IPv6].payload))
+                raw[off:off + 2] = ck.to_bytes(2, "big")
+            eng.input(memoryview(bytes(raw)))
+        assert eng.counters.get("drop.internal_error", 0) == 0
+    finally:
+        eng.close()
+        eng.link.close()

@@ -206,6 +206,9 @@ def flows(att: Attached, path: str, sink: SinkServer, mtu: int, repeat: int, cou
     while sink.closed_flows < count and time.monotonic() < deadline:
         time.sleep(0.05)
     lost = data["bytes"] - sink.received
+    if lost and data["errors"] == 0 and not data["undelivered_flows"] and sink.closed_flows == count:
+        return Sample(gbps=data["gbps"], lost_bytes=lost,
+                      error=f"{lost} bytes written by the guest never reached the sink", **common)
     error = "" if data["errors"] == 0 and not data["undelivered_flows"] and sink.closed_flows == count else (
         f"{data['errors']} client errors ({data.get('first_error') or '-'}), {data['undelivered_flows']} flows "
         f"not acknowledged, {sink.closed_flows}/{count} flows closed at the sink")

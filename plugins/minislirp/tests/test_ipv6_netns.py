@@ -351,3 +351,28 @@ def test_ipv6_disabled_guest_gets_no_address(dns_server):
         assert "scope link" in out and "scope global" not in out, out
         c = g.session.counters()
         assert c.get("ndp.ra_out", 0) == 0 and c["drop.ipv6_disabled"] >= 1
+
+
+def test_dns_to_an_ipv6_resolver_from_both_families():
+    """The resolver is a dnsmasq on host [::1]: the guest's queries to fd00::3 and to 10.0.2.3 both reach it."""
+    if netns_supported():
+        pytest.skip(netns_supported())
+    dnsmasq = shutil.which("dnsmasq")
+    if dnsmasq is None:
+        pytest.skip("dnsmasq not installed")
+    port = free_udp_port("::1")
+    proc = subprocess.Popen([dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                             "--bind-interfaces", "--listen-address=::1", f"--port={port}", "--pid-file=",
+                             "--user=root", "--address=/example6.test/192.0.2.66"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        with GuestNet(dns=(f"[::1]:{port}",), allow=("::1/128",), area="msl6", vnet_hdr=True) as g:
+            assert "KBN_LEASE" in g.dhcp()
+            assert "fd00::" in wait_slaac(g)
+            for server in ("fd00::3", "10.0.2.3"):
+                out = run_in(g, ["busybox", "nslookup", "www.example6.test", server])
+                assert "192.0.2.66" in out, (server, out)
+    finally:
+        proc.terminate()
+        proc.wait(5)

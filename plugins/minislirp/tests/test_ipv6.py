@@ -206,6 +206,25 @@ def test_dhcpv6_solicit_request_reply(engine):
     assert engine.counters["drop.dhcpv6_other_server"] == 1
 
 
+def test_dhcpv6_renew_rebind_release(engine):
+    from scapy.layers.dhcp6 import DHCP6_Rebind, DHCP6_Release, DHCP6_Renew, DHCP6OptStatusCode
+
+    duid = DUID_LL(lladdr=GUEST_MAC)
+    server = DHCP6OptServerId(duid=engine.dhcp6.duid)
+    base = eth() / IPv6(src=GUEST_LL, dst="ff02::1:2") / UDP(sport=546, dport=547)
+    for msg, with_server in ((DHCP6_Renew(trid=11), True), (DHCP6_Rebind(trid=12), False)):
+        pkt = base / msg / DHCP6OptClientId(duid=duid) / DHCP6OptIA_NA(iaid=3)
+        if with_server:
+            pkt = base / msg / DHCP6OptClientId(duid=duid) / server / DHCP6OptIA_NA(iaid=3)
+        out = feed(engine, pkt)
+        assert out and out[0][DHCP6_Reply].trid == msg.trid
+        assert out[0][DHCP6OptIAAddress].addr == "fd00::15"
+    out = feed(engine, base / DHCP6_Release(trid=13) / DHCP6OptClientId(duid=duid) / server / DHCP6OptIA_NA(iaid=3))
+    assert out[0][DHCP6_Reply].trid == 13 and out[0][DHCP6OptStatusCode].statuscode == 0
+    c = engine.counters
+    assert c["dhcpv6.renew"] == 1 and c["dhcpv6.rebind"] == 1 and c["dhcpv6.release"] == 1
+
+
 def test_dhcpv6_information_request(engine):
     inf = eth() / IPv6(src=GUEST_LL, dst="ff02::1:2") / UDP(sport=546, dport=547) / DHCP6_InfoRequest(trid=5)
     out = feed(engine, inf)

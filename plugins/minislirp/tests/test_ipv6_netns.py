@@ -31,7 +31,7 @@ from kboxnet_core.testing.servers import HttpFileServer, UdpEchoServer
 
 pytestmark = pytest.mark.netns
 
-KINDS = {"tap": {}, "tap-vnet": {"vnet_hdr": True}}
+KINDS = {"tap": {}, "tap-vnet": {"vnet_hdr": True}, "stream": {"stream": True}}
 TCP_FWD_GUEST, UDP_FWD_GUEST = 8080, 9999
 
 

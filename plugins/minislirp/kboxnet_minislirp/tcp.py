@@ -710,6 +710,21 @@ class Tcp:
         e.arp.resolve_guest()
         self._send_syn(flow)
 
+    def _retarget(self, flow: TcpFlow) -> None:
+        """Before a SYN retransmission: follow the guest to the address it has now (IPv6: SLAAC/DHCPv6
+        may finish after the host connected)."""
+        gaddr = flow.fam.inbound_guest()
+        key = (gaddr, flow.gport, flow.raddr, flow.rport)
+        if gaddr == flow.gaddr or key in self.flows:
+            return
+        self.flows.pop(flow.key, None)
+        flow.key = key
+        flow.gaddr = gaddr
+        flow.pseudo = flow.fam.pseudo(flow.raddr, gaddr, IPPROTO_TCP)
+        flow.tmpl = None
+        self.flows[key] = flow
+        self.c["tcp.inbound_retargeted"] += 1
+
     # ==== flow setup and teardown ==============================================
     def _open(self, fam: IPv4, frame: memoryview, p: Packet, key: tuple, sport: int, dport: int, seq: int,
               opt_start: int, opt_end: int, wnd: int) -> None:
@@ -817,6 +832,7 @@ class Tcp:
                         self.c["tcp.syn_timeout"] += 1
                         self._close(flow, reset_host=True)
                     else:
+                        self._retarget(flow)
                         self._send_syn(flow)
                 continue
             if state == SYN_ACK_SENT:

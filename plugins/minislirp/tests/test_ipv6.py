@@ -370,3 +370,42 @@ def test_random_ipv6_payloads_never_raise(nh, body, hlim, dst):
     finally:
         eng.close()
         eng.link.close()
+
+
+def test_forwarded_syn_follows_the_guest_to_its_slaac_address():
+    """A host connection that arrives before the guest has an address: the SYN goes to ipv6.address;
+    once the guest's DAD probe shows its SLAAC address, the retransmitted SYN goes there."""
+    import time
+
+    from kboxnet_core.config.model import Forward
+    from kboxnet_core.testing.ports import free_tcp_port
+
+    port = free_tcp_port("::1")
+    net = guest_config(allow=("::1/128",), forward=(Forward(guest=8080, host=f"[::1]:{port}"),)).net
+    eng = Engine(MemLink(), net)
+    eng.learn_guest_mac(bytes.fromhex("020000000015"))
+    client = socket.socket(socket.AF_INET6)
+    client.setblocking(False)
+    try:
+        client.connect_ex(("::1", port))
+
+        def syns():
+            return [Ether(f) for f in eng.link.sent if TCP in Ether(f) and Ether(f)[TCP].flags == 0x02]
+
+        deadline = time.monotonic() + 2
+        while not syns() and time.monotonic() < deadline:
+            for fd, ev in eng.ep.poll(0.05):
+                eng.handlers[fd](ev)
+        first = syns()
+        assert first and first[0][IPv6].dst == "fd00::15" and first[0][IPv6].src == "fd00::2"
+        feed(eng, eth() / IPv6(src="::", dst="ff02::1:ff00:99", hlim=255) / ICMPv6ND_NS(tgt="fd00::99"))
+        eng.link.sent.clear()
+        eng.tcp.tick(time.monotonic() + 2)
+        again = syns()
+        assert again and again[0][IPv6].dst == "fd00::99" and again[0][TCP].dport == 8080
+        assert_v6_checksum(again[0])
+        assert eng.counters["tcp.inbound_retargeted"] == 1
+    finally:
+        client.close()
+        eng.close()
+        eng.link.close()

@@ -107,10 +107,10 @@ def table(rows: list[Row], skipped: dict[str, str]) -> str:
         lines.append("")
         lines.append("Scale: concurrent TCP flows guest->host (aggregate; RSS = peak of the middle processes)")
         lines.append(f"{'path':<13}{'mtu':>6}{'flows':>7}{'Gbit/s':>8}{'x slirp':>9}{'RSS MiB':>9}"
-                     f"{'lost B':>8}{'runs':>6}{'fail':>5}")
+                     f"{'lost B':>12}{'runs':>6}{'fail':>5}")
         for r in sorted(fl, key=lambda r: (r.mtu, r.flows or 0, r.path)):
             lines.append(f"{r.path:<13}{r.mtu:>6}{r.flows or 0:>7}{_f(r.median):>8}{_f(r.ratio):>9}"
-                         f"{_f(r.rss_mib, '{:.1f}'):>9}{_f(r.lost_bytes, '{:d}'):>8}{r.runs:>6}{r.failed:>5}")
+                         f"{_f(r.rss_mib, '{:.1f}'):>9}{_f(r.lost_bytes, '{:d}'):>12}{r.runs:>6}{r.failed:>5}")
     if skipped:
         lines.append("")
         for name, reason in skipped.items():

@@ -218,6 +218,8 @@ class Backend(abc.ABC):
     config_model: ClassVar[type | None] = None
     #: accepts tap links opened with the virtio-net header (and offloads)
     accepts_vnet_hdr: ClassVar[bool] = False
+    #: sends IPv6 router advertisements, so ``kboxnet run`` waits for the guest's SLAAC address
+    serves_ipv6: ClassVar[bool] = False
 
     @abc.abstractmethod
     def probe(self, config: Config) -> Availability:

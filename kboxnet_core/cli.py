@@ -24,6 +24,9 @@ from .registry import Registry, RegistryError
 
 log = logging.getLogger("kboxnet")
 
+#: how long ``kboxnet run`` waits for the guest's SLAAC address before starting the command
+IPV6_WAIT = 3.0
+
 
 def _setup_logging(verbose: int, quiet: int, default: int = logging.INFO) -> None:
     level = default - 10 * verbose + 10 * quiet
@@ -234,6 +237,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             outcome = outcome_box[0]
             log.error("no backend could serve the namespace: %s", outcome.result.reason)  # type: ignore[attr-defined]
             return ExitCode.BACKEND_FAILED
+        serving = sup.current_session()
+        entry = registry.get(serving.backend_name) if serving is not None else None
+        serves_ipv6 = entry is not None and entry.backend is not None and entry.backend.serves_ipv6
+        if config.net.ipv6.enabled and serves_ipv6 and not gns.wait_for_ipv6(IPV6_WAIT):
+            log.info("no IPv6 address on %s after %.0f s (the backend sends no router advertisement?); "
+                     "starting the command anyway", gns.ifname, IPV6_WAIT)
         ctx = SessionContext(config, sup.runtime_dir, gns.target)
         runner = command_backend.runner(ctx) if isinstance(command_backend, CommandBackend) else NamespaceRunner()
         child = runner.spawn(argv, gns.target, os.environ)

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 
 import attrs
@@ -41,6 +42,14 @@ def _mount(src: str, target: str, flags: int, fstype: str | None = None) -> None
     if _libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
+
+
+def _sysctl(key: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/{key}", "w") as fh:
+            fh.write(value)
+    except OSError:
+        pass
 
 
 def _send_fd(sock: socket.socket, fd: int, msg: bytes) -> None:
@@ -100,6 +109,7 @@ class GuestNamespace:
                 except OSError:
                     pass
                 tap = open_tap(ifname, vnet_hdr=vnet_hdr, offload=vnet_hdr)
+                _sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")  # SLAAC address usable at once
                 set_link("lo", up=True)
                 set_link(ifname, mtu=net.mtu, txqueuelen=10000, up=True)
                 v4 = net.ipv4
@@ -140,6 +150,21 @@ class GuestNamespace:
             os.unlink(resolv)
             raise
         return cls(pid, tap_fd, ifname, vnet_hdr, rootless, resolv, parent_sock)
+
+    def wait_for_ipv6(self, timeout: float) -> bool:
+        """Wait until the guest interface has a global IPv6 address (SLAAC from the backend's RA)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.pid}/net/if_inet6") as fh:
+                    for line in fh:
+                        _addr, _idx, _plen, scope, flags, name = line.split()
+                        if name == self.ifname and int(scope, 16) == 0 and not int(flags, 16) & 0x40:
+                            return True
+            except OSError:
+                return False
+            time.sleep(0.05)
+        return False
 
     def close(self) -> None:
         self._control.close()

@@ -47,3 +47,12 @@ def test_mtu_option_and_missing_command():
 def test_command_not_found_is_reported():
     out = kboxnet("run", "--net", "arp-responder", "--", "/nonexistent/prog")
     assert out.returncode != 0 and "nonexistent" in out.stderr
+
+
+def test_ipv6_address_is_ready_when_the_command_starts():
+    """minislirp sends router advertisements; ``run`` waits for SLAAC before starting the command."""
+    out = kboxnet("run", "--net", "minislirp", "--", "sh", "-c",
+                  "ip -6 -o addr show dev tap0 scope global; ip -6 route show default")
+    assert out.returncode == 0, out.stderr
+    assert " fd00::" in out.stdout and "tentative" not in out.stdout
+    assert "default via fe80::2 dev tap0" in out.stdout

@@ -37,6 +37,8 @@ class MinislirpBackend(Backend):
     config_model: ClassVar[type | None] = MinislirpSettings
     #: GSO super-frames and checksum offload on tap links (8-10x faster, see bench/RESULTS.md)
     accepts_vnet_hdr: ClassVar[bool] = True
+    #: router advertisements (SLAAC) and DHCPv6 when ``[net.ipv6] enabled``
+    serves_ipv6: ClassVar[bool] = True
 
     def probe(self, config: Config) -> Availability:
         try:

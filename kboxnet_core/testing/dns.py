@@ -48,7 +48,8 @@ def parse_a_records(msg: bytes, qid: int) -> list[str]:
 def query_a(server: str, port: int, name: str, timeout: float = 2.0) -> list[str]:
     """Ask ``server:port`` over UDP for the A records of ``name``."""
     qid = random.randrange(1, 0xFFFF)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.sendto(build_query(name, qid), (server, port))
         while True:

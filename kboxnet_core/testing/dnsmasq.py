@@ -79,7 +79,14 @@ class Dnsmasq:
         self.proc = subprocess.Popen([*prefix, *self.argv()], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         probe = next(iter(self.addresses))
+        try:
+            self._wait_answering(probe, timeout)
+        except BaseException:
+            self.stop()  # never leave a dnsmasq behind when start-up fails
+            raise
+        return self
 
+    def _wait_answering(self, probe: str, timeout: float) -> None:
         def answers() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"dnsmasq exited {self.proc.returncode}: {self.log()}")
@@ -89,7 +96,6 @@ class Dnsmasq:
                 return False
 
         wait_for(answers, timeout, what="dnsmasq to answer")
-        return self
 
     def lookup(self, name: str, timeout: float = 2.0) -> list[str]:
         """Resolve ``name`` through this dnsmasq (from its namespace)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import socket
 import subprocess
 import urllib.request
@@ -56,6 +57,15 @@ def test_dnsmasq_answers_test_domain_only(dnsmasq):
     with pytest.raises(ValueError, match="rcode"):
         dnsmasq.lookup("example.com")  # --no-resolv: never forwarded anywhere
     assert "query[A] www.example.test" in dnsmasq.log()
+
+
+def test_dnsmasq_on_ipv6_loopback():
+    from kboxnet_core.testing.dnsmasq import Dnsmasq
+
+    with Dnsmasq(listen="::1") as dns:
+        assert dns.lookup("www.example.test") == ["10.0.2.2"]
+        pid = dns.proc.pid
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
 def test_udhcpc_script_is_valid_shell(tmp_path):

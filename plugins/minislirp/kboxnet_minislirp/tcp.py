@@ -9,6 +9,10 @@
 * Guest -> host: a segment is acknowledged only as far as ``send()`` accepted
   it; the window advertised to the guest is the free space of the host
   socket's send buffer (``SO_SNDBUF`` and ``SIOCOUTQ``).
+* Out-of-order guest segments are kept (copied, bounded per flow and per
+  session) until the gap before them is filled: dropping them leaves the
+  guest's loss recovery to retransmission timeouts that back off
+  exponentially, and a flow of 1,000 concurrent ones then stalls for minutes.
 * Window scaling and MSS are always negotiated; FIN/half-close and RST work
   both ways; dead flows time out.
 
@@ -64,6 +68,9 @@ EPOLLRDHUP = select.EPOLLRDHUP
 SOCK_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | select.EPOLLET
 #: bytes read from one host socket per turn (then other flows get theirs)
 TURN_BYTES = 512 * 1024
+#: out-of-order guest data kept per flow and per session (beyond that it is dropped, as before)
+OOO_FLOW_MAX = 4 << 20
+OOO_TOTAL_MAX = 64 << 20
 NSLOTS = 64
 _H = struct.Struct("!H")
 _I = struct.Struct("i")
@@ -84,6 +91,7 @@ class TcpFlow:
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
         "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq", "undiscarded", "keepalive",
+        "ooo", "ooo_len",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -124,6 +132,9 @@ class TcpFlow:
         self.pend: list[memoryview] = []
         self.pend_len = 0
         self.tmpl: tuple[bytes, int] | None = None
+        #: out-of-order guest segments: seq -> (payload copy, FIN)
+        self.ooo: dict[int, tuple[bytes, int]] | None = None
+        self.ooo_len = 0
 
 
 def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int]:
@@ -160,6 +171,7 @@ class Tcp:
         self.ack_due: set[TcpFlow] = set()
         self.more: set[TcpFlow] = set()
         self.discard_due: set[TcpFlow] = set()
+        self.ooo_total = 0
         # MSG_TRUNC never writes into it: anonymous pages that never become resident
         self._discard = mmap.mmap(-1, MAX_WINDOW + 65536)
         self._discard_view = memoryview(self._discard)
@@ -313,7 +325,8 @@ class Tcp:
                 return
             n -= k
 
-    def _data_from_tap(self, flow: TcpFlow, frame: memoryview, off: int, end: int, seq: int, fin: int) -> None:
+    def _data_from_tap(self, flow: TcpFlow, frame: memoryview, off: int, end: int, seq: int, fin: int,
+                       from_ooo: bool = False) -> None:
         self.ack_due.add(flow)
         if flow.fin_from_tap:
             flow.force_ack = True
@@ -323,8 +336,9 @@ class Tcp:
         behind = (exp - seq) & MASK
         if behind:
             if behind >= HALF:  # a gap: something before this segment is missing
-                flow.force_ack = True
                 self.c["tcp.out_of_order"] += 1
+                self._keep_ooo(flow, frame, off, end, seq, fin)
+                self._send_ctl(flow, TCP_ACK)  # an immediate duplicate ACK per segment (RFC 5681)
                 return
             if behind >= plen:
                 if not (fin and behind == plen):
@@ -344,6 +358,9 @@ class Tcp:
             # gathered per batch and written with one sendmsg() in end_of_batch()
             flow.pend.append(frame[off:end])
             flow.pend_len += plen
+            if flow.ooo and not fin and not from_ooo:
+                self._drain_ooo(flow)
+                return
         if fin and not self._flush(flow):
             return
         if fin:
@@ -354,10 +371,56 @@ class Tcp:
             flow.seq_from_tap = (flow.seq_from_tap + 1) & MASK
             flow.fin_from_tap = True
             flow.closing_since = self.e.now
+            self._drop_ooo(flow)
             if flow.fin_acked:
                 self._send_ctl(flow, TCP_ACK)
                 self._close(flow)
                 self.ack_due.discard(flow)
+
+    def _keep_ooo(self, flow: TcpFlow, frame: memoryview, off: int, end: int, seq: int, fin: int) -> None:
+        """Keep a copy of a segment that lies beyond a gap (within the window and the memory bounds)."""
+        plen = end - off
+        ahead = (seq - flow.seq_from_tap) & MASK
+        if not plen and not fin:
+            return
+        if ahead + plen > max(flow.wnd_to_tap, flow.mss) or flow.ooo_len + plen > OOO_FLOW_MAX \
+                or self.ooo_total + plen > OOO_TOTAL_MAX:
+            self.c["tcp.out_of_order_dropped"] += 1
+            return
+        ooo = flow.ooo
+        if ooo is None:
+            ooo = flow.ooo = {}
+        old = ooo.get(seq)
+        if old is not None:
+            if len(old[0]) >= plen and old[1] >= fin:
+                return
+            flow.ooo_len -= len(old[0])
+            self.ooo_total -= len(old[0])
+        ooo[seq] = (bytes(frame[off:end]), fin)
+        flow.ooo_len += plen
+        self.ooo_total += plen
+        self.c["tcp.out_of_order_kept"] += 1
+
+    def _drain_ooo(self, flow: TcpFlow) -> None:
+        """Feed kept segments that the data received so far has reached, in sequence order."""
+        ooo = flow.ooo
+        base = flow.seq_from_tap
+        for s in sorted(ooo, key=lambda s: (s - base) & MASK if (s - base) & MASK < HALF else -1):
+            if flow.sock is None or flow.fin_from_tap or flow.ooo is not ooo:
+                return
+            exp = (flow.seq_from_tap + flow.pend_len) & MASK
+            if (s - exp) & MASK < HALF and s != exp:
+                return  # another gap
+            data, fin = ooo.pop(s)
+            flow.ooo_len -= len(data)
+            self.ooo_total -= len(data)
+            self._data_from_tap(flow, memoryview(data), 0, len(data), s, fin, from_ooo=True)
+
+    def _drop_ooo(self, flow: TcpFlow) -> None:
+        if flow.ooo:
+            self.ooo_total -= flow.ooo_len
+        flow.ooo = None
+        flow.ooo_len = 0
 
     def _flush(self, flow: TcpFlow) -> bool:
         """Write the guest data gathered for ``flow``; True if the host socket took all of it."""
@@ -791,6 +854,7 @@ class Tcp:
         flow.sock = None
         flow.pend.clear()
         flow.pend_len = 0
+        self._drop_ooo(flow)
         self.flows.pop(flow.key, None)
         self.more.discard(flow)
         self.discard_due.discard(flow)

@@ -2,7 +2,10 @@
 
 ``serve PORT SIZE``: for each connection, read one line ``GET <i>`` and answer
 with ``content(i, SIZE)``, then close. ``hold PORT``: accept connections and
-keep them open, silent, until killed. Prints ``READY`` when listening.
+keep them open, silent, until killed. ``sink PORT``: for each connection, read
+one line ``PUT <i>``, then everything up to EOF, answer ``<bytes> <sha256>`` and
+close (the client's EOF comes only after every byte was read). Prints
+``READY`` when listening.
 """
 
 from __future__ import annotations
@@ -35,7 +38,21 @@ async def main() -> None:
         held.append(writer)
         await reader.read()
 
-    server = await asyncio.start_server(serve if mode == "serve" else hold, "127.0.0.1", port, backlog=4096)
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readline()
+            digest = hashlib.sha256()
+            n = 0
+            while data := await reader.read(1 << 20):
+                digest.update(data)
+                n += len(data)
+            writer.write(b"%d %s\n" % (n, digest.hexdigest().encode()))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    handler = {"serve": serve, "hold": hold, "sink": sink}[mode]
+    server = await asyncio.start_server(handler, "127.0.0.1", port, backlog=4096)
     print("READY", flush=True)
     async with server:
         await server.serve_forever()

@@ -103,6 +103,70 @@ while done < n and time.monotonic() < deadline:
 print("DONE", done, "OK", ok, "FAILED", failed)
 """
 
+UPLOAD_FLOWS = r"""
+import hashlib, selectors, socket, struct, sys, time
+host, port, n, seconds, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+CHUNK = 65536
+# every flow writes as fast as it can for `seconds`, then half-closes and waits for the sink reply "<bytes> <sha256>"
+sel = selectors.DefaultSelector()
+for i in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((host, port))
+    buf = bytearray(struct.pack("!II", i, 0) + hashlib.sha256(b"flow-%d" % i).digest() * (CHUNK // 32 - 1) + bytes(24))
+    # flow, digest, bytes written, chunk buffer, current view, its offset, chunk number, reply
+    sel.register(s, selectors.EVENT_WRITE, [i, hashlib.sha256(), 0, buf, memoryview(b"PUT %d\n" % i), 0, 0, b""])
+done = ok = failed = 0
+sent = delivered = 0
+t0 = time.monotonic()
+stop_at, deadline = t0 + seconds, t0 + limit
+while done < n and time.monotonic() < deadline:
+    writing = time.monotonic() < stop_at
+    for key, ev in sel.select(1):
+        st = key.data
+        s = key.fileobj
+        if ev & selectors.EVENT_WRITE:
+            try:
+                k = s.send(st[4][st[5]:])
+            except BlockingIOError:
+                continue
+            except OSError:
+                sel.unregister(s); s.close(); done += 1; failed += 1
+                continue
+            st[5] += k
+            if st[5] == len(st[4]):
+                if not writing:
+                    s.shutdown(socket.SHUT_WR)
+                    sel.modify(s, selectors.EVENT_READ, st)
+                    continue
+                struct.pack_into("!I", st[3], 4, st[6])  # numbered chunks: reordering changes the digest
+                st[6] += 1
+                st[1].update(st[3])
+                st[2] += CHUNK
+                sent += CHUNK
+                st[4], st[5] = memoryview(st[3]), 0
+            continue
+        try:
+            data = s.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if data:
+            st[7] += data
+            continue
+        sel.unregister(s); s.close(); done += 1
+        reply = st[7].split()
+        if len(reply) == 2:
+            delivered += int(reply[0])
+        if reply == [b"%d" % st[2], st[1].hexdigest().encode()]:
+            ok += 1
+        else:
+            failed += 1
+print("DONE", done, "OK", ok, "FAILED", failed, "LOST", sent - delivered, "STUCK", n - done, "SENT", sent,
+      "SECONDS", round(time.monotonic() - t0, 1))
+"""
+
 IDLE_FLOWS = r"""
 import socket, sys, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -70,7 +70,7 @@ SOCK_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | select.EPOLLET
 TURN_BYTES = 512 * 1024
 #: out-of-order guest data kept per flow and per session (beyond that it is dropped, as before)
 OOO_FLOW_MAX = 4 << 20
-OOO_TOTAL_MAX = 64 << 20
+OOO_TOTAL_MAX = 128 << 20
 NSLOTS = 64
 _H = struct.Struct("!H")
 _I = struct.Struct("i")
@@ -383,7 +383,8 @@ class Tcp:
         ahead = (seq - flow.seq_from_tap) & MASK
         if not plen and not fin:
             return
-        if ahead + plen > max(flow.wnd_to_tap, flow.mss) or flow.ooo_len + plen > OOO_FLOW_MAX \
+        # not the window advertised now: it shrinks as the host socket fills, after the guest sent into it
+        if ahead + plen > MAX_WINDOW or flow.ooo_len + plen > OOO_FLOW_MAX \
                 or self.ooo_total + plen > OOO_TOTAL_MAX:
             self.c["tcp.out_of_order_dropped"] += 1
             return

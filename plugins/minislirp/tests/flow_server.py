@@ -21,8 +21,12 @@ def content(i: int, size: int) -> bytes:
 
 
 async def main() -> None:
-    mode, port = sys.argv[1], int(sys.argv[2])
     size = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    await run(sys.argv[1], int(sys.argv[2]), size, lambda: print("READY", flush=True))
+
+
+async def run(mode: str, port: int, size: int, on_ready) -> None:
+    """Serve until cancelled; ``on_ready()`` once listening (also usable in a thread of a test)."""
     held = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -53,7 +57,7 @@ async def main() -> None:
 
     handler = {"serve": serve, "hold": hold, "sink": sink}[mode]
     server = await asyncio.start_server(handler, "127.0.0.1", port, backlog=4096)
-    print("READY", flush=True)
+    on_ready()
     async with server:
         await server.serve_forever()
 

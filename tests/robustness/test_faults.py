@@ -182,7 +182,8 @@ def test_emfile_gives_the_guest_fast_failures_and_recovers():
 
     t = threading.Thread(target=echo, daemon=True)
     t.start()
-    script = (f"{sys.executable} {GUEST} many 10.0.2.2 {port} 150; "
+    # between the rounds, the first round's flows finish closing (FIN exchange on both sides frees their fds)
+    script = (f"{sys.executable} {GUEST} many 10.0.2.2 {port} 150; sleep 3; "
               f"{sys.executable} {GUEST} many 10.0.2.2 {port} 20")
     cmd = ["prlimit", "--nofile=96:96", "--"] + kboxnet_cmd("run", "-v", "--net", "minislirp", "--", "sh", "-c", script)
     try:

@@ -742,6 +742,17 @@ class Tcp:
         self.more.add(flow)
         self.c["tcp.inbound_established"] += 1
 
+    def _tune_host_socket(self, sock: socket.socket) -> None:
+        """Options every host TCP socket gets: no Nagle, the configured send buffer, a peek offset."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.e.settings.tcp_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.e.settings.tcp_sndbuf)
+            if self.peek_off:
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            pass
+
     def accept_inbound(self, fam: IPv4, sock: socket.socket, peer: tuple[str, int], guest_port: int) -> None:
         """A host connection accepted on a forwarded port becomes a guest-bound SYN."""
         e = self.e
@@ -755,14 +766,7 @@ class Tcp:
             sock.close()
             return
         sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if e.settings.tcp_sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, e.settings.tcp_sndbuf)
-            if self.peek_off:
-                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        except OSError:
-            pass
+        self._tune_host_socket(sock)
         flow = TcpFlow(key, fam, sock, gaddr, guest_port, raddr, rport, e.now)
         flow.state = SOCK_ACCEPTED
         isn = self._rand.getrandbits(32)
@@ -807,14 +811,7 @@ class Tcp:
             self.e.log_once("socket", f"cannot create a TCP socket: {exc}")
             self._rst_raw(fam, p.dst, dport, p.src, sport, 0, (seq + 1) & MASK, TCP_RST | TCP_ACK)
             return
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if e.settings.tcp_sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, e.settings.tcp_sndbuf)
-            if self.peek_off:
-                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        except OSError:
-            pass
+        self._tune_host_socket(sock)
         err = sock.connect_ex((target.host, target.port))
         flow = TcpFlow(key, fam, sock, p.src, sport, p.dst, dport, e.now)
         flow.seq_from_tap = flow.seq_ack_to_tap = (seq + 1) & MASK

@@ -21,10 +21,7 @@ import attrs
 from .errors import ConfigError, did_you_mean
 from .model import (
     Config,
-    EgressPolicy,
     Forward,
-    IPv4Profile,
-    IPv6Profile,
     NetConfig,
     PolicyRule,
     parse_hostport,
@@ -211,9 +208,6 @@ def _show(value: Any) -> str:
 
 __all__ = [
     "CONFIG_NAME",
-    "EgressPolicy",
-    "IPv4Profile",
-    "IPv6Profile",
     "find_config_file",
     "load_config",
     "parse_config",

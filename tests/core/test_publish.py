@@ -85,10 +85,10 @@ def test_closed_guest_port_resets_the_host_client():
         deadline = time.monotonic() + 10
         outcome = None
         while time.monotonic() < deadline:
+            t0 = time.monotonic()
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                     s.settimeout(5)
-                    t0 = time.monotonic()
                     try:
                         got = s.recv(1)
                         outcome = ("eof", got, time.monotonic() - t0)
@@ -97,6 +97,10 @@ def test_closed_guest_port_resets_the_host_client():
                     break
             except ConnectionRefusedError:
                 time.sleep(0.2)  # kboxnet not listening yet
+            except ConnectionResetError:
+                # The reset can arrive before a timed connect() collects its result: same outcome.
+                outcome = ("reset", b"", time.monotonic() - t0)
+                break
         assert outcome is not None, "never connected to the published port"
         assert outcome[0] in ("reset", "eof") and outcome[1] == b"", outcome
         assert outcome[2] < 3, f"host client waited {outcome[2]:.1f} s: it must not hang"

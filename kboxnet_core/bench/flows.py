@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import selectors
 import socket
 import sys
-import threading
 import time
+
+from .background import BackgroundServer
 
 
 def raise_fd_limit(need: int) -> None:
@@ -88,32 +88,27 @@ def run_client(host: str, port: int, flows: int, seconds: float, chunk: int = 65
             "first_error": first_error}
 
 
-class SinkServer:
+class SinkServer(BackgroundServer):
     """Counts bytes per accepted connection from one selector thread; ``received`` totals closed flows."""
+
+    thread_name = "kboxnet-sink"
 
     def __init__(self, sock: socket.socket) -> None:
         raise_fd_limit(4096)
-        self.sock = sock
+        super().__init__(sock)
         self.sock.setblocking(False)
-        self.port = int(sock.getsockname()[1])
         self.received = 0
         self.closed_flows = 0
-        self._r, self._w = os.pipe()
-        self._thread = threading.Thread(target=self._loop, name="kboxnet-sink", daemon=True)
         self._buf = bytearray(1 << 20)
 
     def reset(self) -> None:
         self.received = 0
         self.closed_flows = 0
 
-    def start(self) -> SinkServer:
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
+    def _serve(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, "accept")
-        sel.register(self._r, selectors.EVENT_READ, "stop")
+        sel.register(self._stop_fd, selectors.EVENT_READ, "stop")
         counts: dict[socket.socket, int] = {}
         while True:
             for key, _ in sel.select():
@@ -146,12 +141,6 @@ class SinkServer:
                 self.closed_flows += 1
                 conn.close()  # the client waits for this EOF
 
-    def stop(self) -> None:
-        os.write(self._w, b"x")
-        self._thread.join(5)
-        os.close(self._r)
-        os.close(self._w)
-        self.sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

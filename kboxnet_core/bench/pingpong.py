@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import select
 import socket
 import sys
 import threading
 import time
+
+from .background import BackgroundServer
 
 
 def _percentile(sorted_vals: list[float], q: float) -> float:
@@ -65,23 +66,15 @@ def run_client(host: str, port: int, count: int, conns: int, size: int, time_lim
     }
 
 
-class EchoServer:
+class EchoServer(BackgroundServer):
     """A threaded TCP echo server on an already listening socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.port = int(sock.getsockname()[1])
-        self._r, self._w = os.pipe()
-        self._thread = threading.Thread(target=self._accept_loop, name="kboxnet-echo", daemon=True)
+    thread_name = "kboxnet-echo"
 
-    def start(self) -> EchoServer:
-        self._thread.start()
-        return self
-
-    def _accept_loop(self) -> None:
+    def _serve(self) -> None:
         while True:
-            ready, _, _ = select.select([self.sock, self._r], [], [])
-            if self._r in ready:
+            ready, _, _ = select.select([self.sock, self._stop_fd], [], [])
+            if self._stop_fd in ready:
                 return
             try:
                 conn, _ = self.sock.accept()
@@ -102,12 +95,6 @@ class EchoServer:
             except OSError:
                 return
 
-    def stop(self) -> None:
-        os.write(self._w, b"x")
-        self._thread.join(5)
-        os.close(self._r)
-        os.close(self._w)
-        self.sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,11 @@
 
 The init script brings eth0 up, gets a DHCP lease, pings the gateway,
 resolves a name, downloads a file and prints its sha256, each as one
-``KBN_*`` line on the serial console, then powers off. Its parameters come
-from the kernel command line (``kbn.url=``, ``kbn.name=``, ``kbn.dns=``).
+``KBN_*`` line on the serial console; with ``kbn.gw6=`` it then does the same
+over IPv6 (waits for a SLAAC address, ``ping -6``, an AAAA lookup, a
+download), and powers off. Its parameters come from the kernel command line
+(``kbn.url=``, ``kbn.name=``, ``kbn.dns=``, ``kbn.gw6=``, ``kbn.name6=``,
+``kbn.dns6=``, ``kbn.url6=``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,36 @@ if [ -n "$url" ]; then
   timeout 60 wget -q -O /tmp/file "$url"; rc=$?
   sum=$(sha256sum /tmp/file 2>/dev/null | cut -d' ' -f1)
   echo "KBN_WGET rc=$rc size=$(wc -c </tmp/file 2>/dev/null) sha256=$sum"
+fi
+gw6=$(arg kbn.gw6)
+if [ -n "$gw6" ]; then
+  # SLAAC: wait (bounded) for a global address that has finished duplicate address detection
+  i=0; addr6=""
+  while [ $i -lt 100 ]; do
+    addr6=$(ip -6 -o addr show dev eth0 scope global 2>/dev/null | grep -v tentative | awk '{print $4; exit}')
+    [ -n "$addr6" ] && break
+    sleep 0.1; i=$((i+1))
+  done
+  router6=$(ip -6 route show default 2>/dev/null | awk '{print $3; exit}')
+  echo "KBN_ADDR6 addr=$addr6 router=$router6 mtu6=$(cat /proc/sys/net/ipv6/conf/eth0/mtu) waited=$i"
+  ip -6 -o addr show dev eth0 | sed 's/^/KBN_INFO6 /'
+  if ping -6 -c 2 -W 3 "$gw6" >/tmp/ping6 2>&1; then r=ok; else r=fail; fi
+  echo "KBN_PING6 $r target=$gw6 $(grep -o '[0-9]* packets received' /tmp/ping6 | cut -d' ' -f1)"
+fi
+name6=$(arg kbn.name6)
+dns6=$(arg kbn.dns6)
+if [ -n "$name6" ] && [ -n "$dns6" ]; then
+  nslookup -type=aaaa "$name6" "$dns6" >/tmp/ns6 2>&1; rc=$?
+  addrs=$(awk '/^Name:/ {f=1} f && /^Address/ {print $2}' /tmp/ns6 | tr '\n' ',')
+  echo "KBN_DNS6 rc=$rc server=$dns6 name=$name6 addrs=$addrs"
+  [ $rc -eq 0 ] || sed 's/^/KBN_INFO6 /' /tmp/ns6
+fi
+url6=$(arg kbn.url6)
+if [ -n "$url6" ]; then
+  timeout 60 wget -q -O /tmp/file6 "$url6" 2>/tmp/wget6; rc=$?
+  sum=$(sha256sum /tmp/file6 2>/dev/null | cut -d' ' -f1)
+  echo "KBN_WGET6 rc=$rc size=$(wc -c </tmp/file6 2>/dev/null) sha256=$sum"
+  [ $rc -eq 0 ] || sed 's/^/KBN_INFO6 /' /tmp/wget6
 fi
 echo "KBN_DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f

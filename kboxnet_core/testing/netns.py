@@ -114,17 +114,23 @@ class HostNetns:
 
     host: ``veth-h`` 10.222.0.2/24, default route via 10.222.0.1 (the gw).
     gw:   ``veth-g`` 10.222.0.1/24, no forwarding, no other route.
-    Both addresses belong to namespaces this object created, so any stray
+    With ``ipv6=True`` the same again in IPv6 (``HOST_ADDR6``/``GW_ADDR6`` in a
+    ULA /64, default route via the gw): passt enables IPv6 only when the
+    namespace it runs in has an IPv6 default route.
+    All addresses belong to namespaces this object created, so any stray
     packet (passt's unmapped gateway ping) ends inside them.
     """
 
     HOST_ADDR = "10.222.0.2"
     GW_ADDR = "10.222.0.1"
+    HOST_ADDR6 = "fd6b:626e:e2e::2"
+    GW_ADDR6 = "fd6b:626e:e2e::1"
 
-    def __init__(self, area: str = "host") -> None:
+    def __init__(self, area: str = "host", ipv6: bool = False) -> None:
         base = unique_name(area)
         self.host = Netns(f"{base}-h")
         self.gw = Netns(f"{base}-g")
+        self.ipv6 = ipv6
 
     @property
     def name(self) -> str:
@@ -142,6 +148,11 @@ class HostNetns:
             self.gw.ip("link", "set", "veth-g", "up")
             self.host.ip("route", "add", "default", "via", self.GW_ADDR)
             self.gw.sysctl("net.ipv4.ip_forward", "0")
+            if self.ipv6:
+                self.host.ip("-6", "addr", "add", f"{self.HOST_ADDR6}/64", "dev", "veth-h", "nodad")
+                self.gw.ip("-6", "addr", "add", f"{self.GW_ADDR6}/64", "dev", "veth-g", "nodad")
+                self.host.ip("-6", "route", "add", "default", "via", self.GW_ADDR6, "dev", "veth-h")
+                self.gw.sysctl("net.ipv6.conf.all.forwarding", "0")
             self.host.allow_ping_sockets()
         except BaseException:
             self.delete()

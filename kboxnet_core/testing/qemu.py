@@ -71,6 +71,10 @@ class GuestReport:
     :ivar dns_rc: nslookup's exit status (None: not run).
     :ivar dns_addrs: the addresses nslookup returned.
     :ivar wget_rc, wget_size, sha256: the download's result.
+    :ivar addr6, router6, mtu6: the SLAAC address (with prefix length, "" if none came), the
+        default router and the IPv6 MTU of eth0 (only with ``kbn.gw6``).
+    :ivar ping6, dns6_rc, dns6_addrs, wget6_rc, wget6_size, sha256_6: the same checks over IPv6
+        (``dns6_addrs`` from an AAAA query).
     :ivar done: the init reached its end.
     :ivar console: the whole serial output.
     :ivar wall_s: seconds from QEMU start to exit.
@@ -88,6 +92,15 @@ class GuestReport:
     wget_rc: int | None = None
     wget_size: int = 0
     sha256: str = ""
+    addr6: str = ""
+    router6: str = ""
+    mtu6: int = 0
+    ping6: str = ""
+    dns6_rc: int | None = None
+    dns6_addrs: tuple[str, ...] = ()
+    wget6_rc: int | None = None
+    wget6_size: int = 0
+    sha256_6: str = ""
     done: bool = False
     errors: tuple[str, ...] = ()
 
@@ -109,17 +122,22 @@ def parse_console(console: str, wall_s: float = 0.0, exit_code: int | None = 0) 
             vals["lease"] = _fields(line)
         elif line.startswith("KBN_ADDR "):
             vals["mtu"] = int(_fields(line).get("mtu") or 0)
-        elif line.startswith("KBN_PING "):
-            vals["ping"] = line.split()[1]
-        elif line.startswith("KBN_DNS "):
+        elif line.startswith("KBN_ADDR6 "):
             f = _fields(line)
-            vals["dns_rc"] = int(f.get("rc", "-1"))
-            vals["dns_addrs"] = tuple(a for a in f.get("addrs", "").split(",") if a)
-        elif line.startswith("KBN_WGET "):
+            vals.update(addr6=f.get("addr", ""), router6=f.get("router", ""), mtu6=int(f.get("mtu6") or 0))
+        elif line.startswith(("KBN_PING ", "KBN_PING6 ")):
+            vals["ping6" if line.startswith("KBN_PING6") else "ping"] = line.split()[1]
+        elif line.startswith(("KBN_DNS ", "KBN_DNS6 ")):
+            sfx = "6" if line.startswith("KBN_DNS6") else ""
             f = _fields(line)
-            vals["wget_rc"] = int(f.get("rc", "-1"))
-            vals["wget_size"] = int(f.get("size") or 0)
-            vals["sha256"] = f.get("sha256", "")
+            vals[f"dns{sfx}_rc"] = int(f.get("rc", "-1"))
+            vals[f"dns{sfx}_addrs"] = tuple(a for a in f.get("addrs", "").split(",") if a)
+        elif line.startswith(("KBN_WGET ", "KBN_WGET6 ")):
+            sfx = "6" if line.startswith("KBN_WGET6") else ""
+            f = _fields(line)
+            vals[f"wget{sfx}_rc"] = int(f.get("rc", "-1"))
+            vals[f"wget{sfx}_size"] = int(f.get("size") or 0)
+            vals["sha256_6" if sfx else "sha256"] = f.get("sha256", "")
         elif line.startswith("KBN_DONE"):
             vals["done"] = True
         elif line.startswith("KBN_ERROR"):
@@ -138,16 +156,15 @@ def qemu_argv(image: GuestImage, netdev: str, append: str = "", memory: int = 51
     ]
 
 
-def kernel_args(url: str = "", name: str = "", dns: str = "") -> str:
-    """The ``kbn.*`` kernel parameters the init script reads."""
-    parts = []
-    if url:
-        parts.append(f"kbn.url={url}")
-    if name:
-        parts.append(f"kbn.name={name}")
-    if dns:
-        parts.append(f"kbn.dns={dns}")
-    return " ".join(parts)
+def kernel_args(url: str = "", name: str = "", dns: str = "", *, gw6: str = "", name6: str = "",
+                dns6: str = "", url6: str = "") -> str:
+    """The ``kbn.*`` kernel parameters the init script reads (empty ones are left out).
+
+    ``gw6`` turns on the IPv6 part: wait for a SLAAC address, then ``ping -6 gw6``;
+    ``name6``/``dns6`` an AAAA lookup; ``url6`` a download (``http://[addr]:port/...``).
+    """
+    values = {"url": url, "name": name, "dns": dns, "gw6": gw6, "name6": name6, "dns6": dns6, "url6": url6}
+    return " ".join(f"kbn.{key}={value}" for key, value in values.items() if value)
 
 
 def boot(

@@ -15,11 +15,11 @@ from kboxnet_core.testing.procs import stop_process
 
 
 def write_config(path: Path, backend: str, dns_port: int, mtu: int = 1500, egress: bool = True) -> Path:
-    """A config for ``backend``; ``egress`` adds an allow-only-loopback policy (not every backend can
-    enforce one: passt refuses to start with egress rules)."""
+    """A config for ``backend``; ``egress`` adds a policy that allows only loopback, IPv4 and IPv6
+    (not every backend can enforce one: passt refuses to start with egress rules)."""
     text = f'[net]\nbackend = "{backend}"\nmtu = {mtu}\ndns = ["127.0.0.1:{dns_port}"]\n'
     if egress:
-        text += '[net.egress]\nallow = ["127.0.0.0/8"]\n'
+        text += '[net.egress]\nallow = ["127.0.0.0/8", "::1/128"]\n'
     path.write_text(text)
     return path
 

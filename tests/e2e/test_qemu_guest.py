@@ -9,6 +9,7 @@ nothing the guest sends can leave the machine.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 
@@ -30,6 +31,11 @@ pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
 NAME = "www.example.test"
 NAME_ADDR = "10.0.2.2"
+NAME6 = "www.example6.test"
+NAME6_ADDR = "fd00::2"
+#: the guest's IPv6 profile (config defaults): SLAAC in fd00::/64, gateway fd00::2 (host ::1), DNS fd00::3
+GW6 = "fd00::2"
+DNS6 = "fd00::3"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,7 @@ def _backend_state(netns: Netns, name: str, config) -> tuple[bool, str]:
 @pytest.mark.parametrize("mtu", [1500, 65520])
 @pytest.mark.parametrize("backend", ["minislirp", "passt"])
 def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
-    with HostNetns(area="e2e") as topo:
+    with HostNetns(area="e2e", ipv6=True) as topo:
         # passt (bookworm) forwards DNS only to the first resolver of /etc/resolv.conf:
         # inside the host namespace that is our dnsmasq on 127.0.0.1:53
         topo.host.set_resolv_conf(["127.0.0.1"])
@@ -84,14 +90,16 @@ def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
         ok, reason = _backend_state(topo.host, backend, config)
         if not ok:
             pytest.skip(f"{backend}: {reason}")
-        with Dnsmasq({"example.test": NAME_ADDR}, netns=topo.host, port=53) as dns, \
-                HttpFileServer(netns=topo.host) as http:
+        with Dnsmasq({"example.test": NAME_ADDR, "example6.test": NAME6_ADDR}, netns=topo.host, port=53) as dns, \
+                HttpFileServer(netns=topo.host) as http, HttpFileServer("::1", netns=topo.host) as http6:
             digest = http.add_file("blob.bin", 1 << 20, seed=11)
+            digest6 = http6.add_file("blob6.bin", 1 << 20, seed=12)
             sock = tmp_path / "guest.sock"
             log = tmp_path / "serve.log"
+            args = kernel_args(http.url("blob.bin", "10.0.2.2"), NAME, gw6=GW6, name6=NAME6, dns6=DNS6,
+                               url6=http6.url("blob6.bin", f"[{GW6}]"))
             with kboxnet_serve(topo.host, sock, backend, config, log) as serve:
-                report = boot(guest_image, stream_netdev(sock), kernel_args(http.url("blob.bin", "10.0.2.2"),
-                                                                            NAME), timeout=150)
+                report = boot(guest_image, stream_netdev(sock), args, timeout=150)
                 try:
                     code = serve.wait(15)
                 except subprocess.TimeoutExpired:
@@ -110,4 +118,20 @@ def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
             assert report.wget_rc == 0 and report.wget_size == 1 << 20, why
             assert report.sha256 == digest, why
             assert any("GET /blob.bin" in r for r in http.requests), why
+            _check_ipv6(report, dns, http6, digest6, mtu, why)
             assert code == 0, f"kboxnet serve --once did not exit cleanly after the guest left ({code})\n{why}"
+
+
+def _check_ipv6(report, dns: Dnsmasq, http6: HttpFileServer, digest6: str, mtu: int, why: str) -> None:
+    """The same boot's IPv6 part: SLAAC from the backend's RA, ping -6, AAAA over IPv6, a download."""
+    assert report.addr6, f"no SLAAC address (no router advertisement?)\n{why}"
+    addr6 = ipaddress.IPv6Interface(report.addr6)
+    assert addr6.network == ipaddress.IPv6Network("fd00::/64"), why
+    assert report.router6.startswith("fe80::"), why  # the default route from the RA (link-local router)
+    assert report.mtu6 == mtu, why  # the RA's MTU option (or the link MTU it must not exceed)
+    assert report.ping6 == "ok", why
+    assert report.dns6_rc == 0 and NAME6_ADDR in report.dns6_addrs, why
+    assert f"query[AAAA] {NAME6}" in dns.log(), why
+    assert report.wget6_rc == 0 and report.wget6_size == 1 << 20, why
+    assert report.sha256_6 == digest6, why
+    assert any(r.startswith("::1 ") and "GET /blob6.bin" in r for r in http6.requests), why

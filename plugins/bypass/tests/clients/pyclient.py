@@ -128,11 +128,18 @@ def mode_epoll(port: int, timeout: float) -> dict:
     ep = select.epoll()
     ep.register(s.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP)
     first = s.connect_ex((HOST, port))
-    events = ep.poll(timeout)
-    got = events[0][1] if events else 0
-    data = ""
-    if got & select.EPOLLIN:
-        data = s.recv(100).decode()
+    # the handshake (EPOLLOUT) and the server's greeting (EPOLLIN) arrive separately: keep
+    # polling the same registration until the greeting shows up or the deadline passes
+    import time
+
+    deadline = time.monotonic() + timeout
+    got = 0
+    while not got & select.EPOLLIN and (left := deadline - time.monotonic()) > 0:
+        for _fd, ev in ep.poll(left):
+            got |= ev
+        if got and not got & select.EPOLLIN:
+            time.sleep(0.005)  # EPOLLOUT is level-triggered: do not spin
+    data = s.recv(100).decode() if got & select.EPOLLIN else ""
     return {"first": errno.errorcode.get(first, first), "events": got, "data": data,
             "hup": bool(got & select.EPOLLHUP)}
 

@@ -2,9 +2,12 @@
 
 The guest (Debian's kernel, a busybox initramfs) gets a DHCP lease, pings
 the gateway, resolves a name through a test dnsmasq and downloads a file
-whose sha256 is checked, once per backend. ``kboxnet serve`` and the
-servers run in a "host" namespace whose only route is a dead-end veth, so
-nothing the guest sends can leave the machine.
+whose sha256 is checked, once per backend. In the same boot it does the
+same over IPv6: a SLAAC address in fd00::/64 from the backend's router
+advertisement, ``ping -6`` to fd00::2, an AAAA lookup through fd00::3 and
+a download from host ``::1`` via ``[fd00::2]``. ``kboxnet serve`` and the
+servers run in a "host" namespace whose only routes (IPv4 and IPv6) lead
+into a dead-end namespace, so nothing the guest sends can leave the machine.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from contextlib import ExitStack
 
 import pytest
 
@@ -36,6 +40,11 @@ NAME6_ADDR = "fd00::2"
 #: the guest's IPv6 profile (config defaults): SLAAC in fd00::/64, gateway fd00::2 (host ::1), DNS fd00::3
 GW6 = "fd00::2"
 DNS6 = "fd00::3"
+#: Debian bookworm's passt: measured IPv6 defects the relay's fixups (IPv4 only) do not repair:
+#: an ICMPv6 echo to fd00::2 leaves through the host's IPv6 default route (here: into the dead end)
+#: instead of being answered, and the DNS reply to a query for fd00::3 comes from passt's link-local
+#: address to the guest's link-local address, so the guest's resolver drops it
+PASST_BOOKWORM = "0.0~git20230309"
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +60,22 @@ def _explain(report) -> str:
 
 
 def test_guest_kit_with_qemu_user(guest_image):
-    """The kit itself, on QEMU's own user-mode network (in a namespace with no route out)."""
-    with Netns(area="e2e") as ns, Dnsmasq({"example.test": NAME_ADDR}, netns=ns, port=53) as dns, \
-            HttpFileServer(netns=ns) as http:
+    """The kit itself, on QEMU's own user-mode network (libslirp; in a namespace with no route out).
+
+    IPv6 too, with libslirp's prefix set to fd00::/64: its gateway fd00::2 maps to the
+    namespace's ::1, where the second dnsmasq and the second file server listen.
+    """
+    names = {"example.test": NAME_ADDR, "example6.test": NAME6_ADDR}
+    with Netns(area="e2e") as ns, Dnsmasq(names, netns=ns, port=53) as dns, \
+            Dnsmasq(names, netns=ns, port=53, listen="::1") as dns6, \
+            HttpFileServer(netns=ns) as http, HttpFileServer("::1", netns=ns) as http6:
+        ns.set_resolv_conf(["127.0.0.1", "::1"])  # what libslirp would forward to: never off the machine
         digest = http.add_file("blob.bin", 1 << 20, seed=7)
-        report = boot(guest_image, user_netdev(), kernel_args(http.url("blob.bin", "10.0.2.2"), NAME,
-                                                              dns="10.0.2.2"), netns=ns, timeout=120)
+        digest6 = http6.add_file("blob6.bin", 1 << 20, seed=8)
+        args = kernel_args(http.url("blob.bin", "10.0.2.2"), NAME, dns="10.0.2.2", gw6=GW6, name6=NAME6,
+                           dns6=GW6, url6=http6.url("blob6.bin", f"[{GW6}]"))
+        report = boot(guest_image, user_netdev("ipv6-prefix=fd00::,ipv6-prefixlen=64"), args, netns=ns,
+                      timeout=120)
         assert report.exit_code == 0 and report.done, _explain(report)
         assert report.lease.get("ip") == "10.0.2.15", _explain(report)
         assert report.ping == "ok", _explain(report)
@@ -64,6 +83,8 @@ def test_guest_kit_with_qemu_user(guest_image):
         assert report.wget_rc == 0 and report.sha256 == digest, _explain(report)
         assert f"query[A] {NAME}" in dns.log()
         assert any("GET /blob.bin" in r for r in http.requests)
+        broken = _check_ipv6(report, dns6.log(), http6, digest6, 1500, _explain(report))
+        assert not broken, "IPv6: " + "; ".join(broken) + f"\n{_explain(report)}"
 
 
 def _backend_state(netns: Netns, name: str, config) -> tuple[bool, str]:
@@ -81,7 +102,10 @@ def _backend_state(netns: Netns, name: str, config) -> tuple[bool, str]:
 @pytest.mark.parametrize("mtu", [1500, 65520])
 @pytest.mark.parametrize("backend", ["minislirp", "passt"])
 def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
-    with HostNetns(area="e2e", ipv6=True) as topo:
+    """IPv4 and then IPv6 in one boot (a boot costs about 7 s of TCG)."""
+    # ipv6: a dead-end IPv6 default route too; without one passt turns IPv6 off
+    # ("No external routable interface for IPv6") and the guest gets no router advertisement
+    with HostNetns(area="e2e", ipv6=True) as topo, ExitStack() as stack:
         # passt (bookworm) forwards DNS only to the first resolver of /etc/resolv.conf:
         # inside the host namespace that is our dnsmasq on 127.0.0.1:53
         topo.host.set_resolv_conf(["127.0.0.1"])
@@ -90,48 +114,62 @@ def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
         ok, reason = _backend_state(topo.host, backend, config)
         if not ok:
             pytest.skip(f"{backend}: {reason}")
-        with Dnsmasq({"example.test": NAME_ADDR, "example6.test": NAME6_ADDR}, netns=topo.host, port=53) as dns, \
-                HttpFileServer(netns=topo.host) as http, HttpFileServer("::1", netns=topo.host) as http6:
-            digest = http.add_file("blob.bin", 1 << 20, seed=11)
-            digest6 = http6.add_file("blob6.bin", 1 << 20, seed=12)
-            sock = tmp_path / "guest.sock"
-            log = tmp_path / "serve.log"
-            args = kernel_args(http.url("blob.bin", "10.0.2.2"), NAME, gw6=GW6, name6=NAME6, dns6=DNS6,
-                               url6=http6.url("blob6.bin", f"[{GW6}]"))
-            with kboxnet_serve(topo.host, sock, backend, config, log) as serve:
-                report = boot(guest_image, stream_netdev(sock), args, timeout=150)
-                try:
-                    code = serve.wait(15)
-                except subprocess.TimeoutExpired:
-                    code = None
-            serve_log = log.read_text(errors="replace")
-            why = f"{_explain(report)}\nkboxnet serve log:\n{serve_log[-3000:]}"
-            assert f"backend {backend} ready" in serve_log, why  # served by the backend asked for
-            assert report.exit_code == 0 and report.done, why
-            assert report.lease.get("ip") == "10.0.2.15", why
-            assert report.lease.get("router") == "10.0.2.2", why
-            assert report.lease.get("dns") == "10.0.2.3", why
-            assert report.mtu == mtu, why  # DHCP option 26 (1500 is the interface default)
-            assert report.ping == "ok", why
-            assert report.dns_rc == 0 and NAME_ADDR in report.dns_addrs, why
-            assert f"query[A] {NAME}" in dns.log(), why
-            assert report.wget_rc == 0 and report.wget_size == 1 << 20, why
-            assert report.sha256 == digest, why
-            assert any("GET /blob.bin" in r for r in http.requests), why
-            _check_ipv6(report, dns, http6, digest6, mtu, why)
-            assert code == 0, f"kboxnet serve --once did not exit cleanly after the guest left ({code})\n{why}"
+        names = {"example.test": NAME_ADDR, "example6.test": NAME6_ADDR}
+        dns = stack.enter_context(Dnsmasq(names, netns=topo.host, port=53))
+        # bookworm's passt forwards the guest's queries to fd00::3 to [::1]:53, whatever resolv.conf says
+        dns6 = stack.enter_context(Dnsmasq(names, netns=topo.host, port=53, listen="::1"))
+        http = stack.enter_context(HttpFileServer(netns=topo.host))
+        http6 = stack.enter_context(HttpFileServer("::1", netns=topo.host))
+        digest = http.add_file("blob.bin", 1 << 20, seed=11)
+        digest6 = http6.add_file("blob6.bin", 1 << 20, seed=12)
+        sock = tmp_path / "guest.sock"
+        log = tmp_path / "serve.log"
+        args = kernel_args(http.url("blob.bin", "10.0.2.2"), NAME, gw6=GW6, name6=NAME6, dns6=DNS6,
+                           url6=http6.url("blob6.bin", f"[{GW6}]"))
+        with kboxnet_serve(topo.host, sock, backend, config, log) as serve:
+            report = boot(guest_image, stream_netdev(sock), args, timeout=150)
+            try:
+                code = serve.wait(15)
+            except subprocess.TimeoutExpired:
+                code = None
+        serve_log = log.read_text(errors="replace")
+        why = f"{_explain(report)}\nkboxnet serve log:\n{serve_log[-3000:]}"
+        assert f"backend {backend} ready" in serve_log, why  # served by the backend asked for
+        assert report.exit_code == 0 and report.done, why
+        assert report.lease.get("ip") == "10.0.2.15", why
+        assert report.lease.get("router") == "10.0.2.2", why
+        assert report.lease.get("dns") == "10.0.2.3", why
+        assert report.mtu == mtu, why  # DHCP option 26 (1500 is the interface default)
+        assert report.ping == "ok", why
+        assert report.dns_rc == 0 and NAME_ADDR in report.dns_addrs, why
+        assert f"query[A] {NAME}" in dns.log(), why
+        assert report.wget_rc == 0 and report.wget_size == 1 << 20, why
+        assert report.sha256 == digest, why
+        assert any("GET /blob.bin" in r for r in http.requests), why
+        broken = _check_ipv6(report, dns.log() + dns6.log(), http6, digest6, mtu, why)
+        assert code == 0, f"kboxnet serve --once did not exit cleanly after the guest left ({code})\n{why}"
+        if broken and backend == "passt" and PASST_BOOKWORM in serve_log:
+            pytest.xfail(f"passt {PASST_BOOKWORM} (bookworm), IPv6 defects the relay does not repair: "
+                         + "; ".join(broken))
+        assert not broken, "IPv6: " + "; ".join(broken) + f"\n{why}"
 
 
-def _check_ipv6(report, dns: Dnsmasq, http6: HttpFileServer, digest6: str, mtu: int, why: str) -> None:
-    """The same boot's IPv6 part: SLAAC from the backend's RA, ping -6, AAAA over IPv6, a download."""
-    assert report.addr6, f"no SLAAC address (no router advertisement?)\n{why}"
+def _check_ipv6(report, dns_log: str, http6: HttpFileServer, digest6: str, mtu: int, why: str) -> list[str]:
+    """The same boot's IPv6 part: SLAAC from the backend's RA and a download from host ::1 must work;
+    returns what is broken of ``ping -6`` to the gateway and the AAAA lookup through fd00::3."""
+    assert report.addr6, f"IPv6: no SLAAC address (no router advertisement?)\n{why}"
     addr6 = ipaddress.IPv6Interface(report.addr6)
     assert addr6.network == ipaddress.IPv6Network("fd00::/64"), why
     assert report.router6.startswith("fe80::"), why  # the default route from the RA (link-local router)
     assert report.mtu6 == mtu, why  # the RA's MTU option (or the link MTU it must not exceed)
-    assert report.ping6 == "ok", why
-    assert report.dns6_rc == 0 and NAME6_ADDR in report.dns6_addrs, why
-    assert f"query[AAAA] {NAME6}" in dns.log(), why
     assert report.wget6_rc == 0 and report.wget6_size == 1 << 20, why
     assert report.sha256_6 == digest6, why
     assert any(r.startswith("::1 ") and "GET /blob6.bin" in r for r in http6.requests), why
+    broken = []
+    if report.ping6 != "ok":
+        broken.append(f"ping -6 {GW6} got no reply ({report.ping6 or 'not run'})")
+    if report.dns6_rc != 0 or NAME6_ADDR not in report.dns6_addrs:
+        broken.append(f"AAAA {NAME6} via {DNS6} failed (rc={report.dns6_rc}, addrs={report.dns6_addrs})")
+    else:
+        assert f"query[AAAA] {NAME6}" in dns_log, why  # answered by the test's dnsmasq, nothing else
+    return broken

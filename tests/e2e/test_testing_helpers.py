@@ -25,7 +25,7 @@ from kboxnet_core.testing import (
 )
 from kboxnet_core.testing.guestkernel import VIRTIO_NET_MODULES, GuestKernel
 from kboxnet_core.testing.initramfs import CpioWriter, build_initramfs, init_script
-from kboxnet_core.testing.qemu import parse_console
+from kboxnet_core.testing.qemu import kernel_args, parse_console
 
 
 def test_free_ports_are_bindable():
@@ -110,14 +110,27 @@ def test_parse_console():
         "KBN_LEASE ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3 mtu=65520 server=10.0.2.2",
         "KBN_ADDR 10.0.2.15/24 mtu=65520", "KBN_PING ok target=10.0.2.2 2",
         "KBN_DNS rc=0 server=10.0.2.3 name=a.example.test addrs=10.0.2.2,",
-        "KBN_WGET rc=0 size=1048576 sha256=abc", "KBN_DONE uptime=3.5",
+        "KBN_WGET rc=0 size=1048576 sha256=abc",
+        "KBN_ADDR6 addr=fd00::5054:ff:fe12:3456/64 router=fe80::2 mtu6=65520 waited=16",
+        "KBN_PING6 fail target=fd00::2 0", "KBN_DNS6 rc=0 server=fd00::3 name=b.example6.test addrs=fd00::2,",
+        "KBN_WGET6 rc=1 size= sha256=", "KBN_DONE uptime=3.5",
     ])
     r = parse_console(log, 6.5, 0)
     assert r.lease["router"] == "10.0.2.2" and r.lease["mtu"] == "65520" and r.mtu == 65520
     assert r.ping == "ok" and r.dns_rc == 0 and r.dns_addrs == ("10.0.2.2",)
     assert r.wget_rc == 0 and r.wget_size == 1 << 20 and r.sha256 == "abc" and r.done
+    assert r.addr6 == "fd00::5054:ff:fe12:3456/64" and r.router6 == "fe80::2" and r.mtu6 == 65520
+    assert r.ping6 == "fail" and r.dns6_rc == 0 and r.dns6_addrs == ("fd00::2",)
+    assert r.wget6_rc == 1 and r.wget6_size == 0 and r.sha256_6 == ""
     empty = parse_console("kernel panic", 90, None)
     assert not empty.done and empty.ping == "" and empty.sha256 == ""
+    assert empty.addr6 == "" and empty.ping6 == "" and empty.dns6_rc is None and empty.wget6_rc is None
+
+
+def test_kernel_args_leave_out_empty_values():
+    assert kernel_args() == ""
+    assert kernel_args("http://10.0.2.2:1/a", gw6="fd00::2", url6="http://[fd00::2]:2/b") == (
+        "kbn.url=http://10.0.2.2:1/a kbn.gw6=fd00::2 kbn.url6=http://[fd00::2]:2/b")
 
 
 @pytest.mark.netns

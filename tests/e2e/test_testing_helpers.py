@@ -183,3 +183,16 @@ def test_servers_inside_a_namespace(netns):
 
         assert call_in_netns(netns.name, udp_roundtrip) == b"hi"
         assert dns.lookup("a.example.test") == ["10.0.2.2"]
+
+
+@pytest.mark.netns
+def test_host_netns_ipv6_is_a_dead_end_too():
+    with HostNetns(area="t6", ipv6=True) as topo:
+        route = topo.host.run(["ip", "-6", "route", "get", "2001:db8::1"]).stdout
+        assert f"via {HostNetns.GW_ADDR6} dev veth-h" in route
+        assert "default" not in topo.gw.run(["ip", "-6", "route"]).stdout
+        assert topo.gw.run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip() == "0"
+        ping = topo.host.run(["busybox", "ping", "-6", "-c", "1", "-W", "2", HostNetns.GW_ADDR6], check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    with HostNetns(area="t4") as topo:  # IPv6 stays off unless asked for
+        assert "default" not in topo.host.run(["ip", "-6", "route"]).stdout

@@ -111,12 +111,17 @@ class GuestNamespace:
                 tap = open_tap(ifname, vnet_hdr=vnet_hdr, offload=vnet_hdr)
                 _sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")  # SLAAC address usable at once
                 set_link("lo", up=True)
-                set_link(ifname, mtu=net.mtu, txqueuelen=10000, up=True)
+                set_link(ifname, mtu=net.mtu, up=True)
                 v4 = net.ipv4
                 cmds = [
                     ["ip", "addr", "add", f"{v4.address}/{v4.prefix_len}", "dev", ifname],
                     ["ip", "route", "add", "default", "via", str(v4.gateway), "dev", ifname],
                 ]
+                try:
+                    set_link(ifname, txqueuelen=10000)
+                except PermissionError:  # the ioctl wants CAP_NET_ADMIN in the initial user namespace;
+                    # rtnetlink only in the namespace's own (rootless run)
+                    cmds.append(["ip", "link", "set", "dev", ifname, "txqueuelen", "10000"])
                 for cmd in cmds:
                     subprocess.run(cmd, check=True, capture_output=True)
                 _send_fd(child_sock, tap, b"T")

@@ -67,7 +67,7 @@ def workdir():
 def _run_as_nobody(ns: Netns, command: list[str], workdir: Path, timeout: float) -> subprocess.CompletedProcess:
     env = {"PATH": PATH, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1"}
-    argv = [*ns.prefix(), *unprivileged_argv(command, [*python_paths(), REPO])]
+    argv = [*ns.prefix(), *unprivileged_argv(command, [*python_paths(), REPO, workdir])]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=env)
 
 

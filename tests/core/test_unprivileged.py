@@ -36,9 +36,7 @@ import pytest
 
 import kboxnet_core
 from kboxnet_core.testing import HttpFileServer, Netns
-from kboxnet_core.testing.unprivileged import NOBODY, PATH, python_paths, unprivileged_argv
-
-pytestmark = pytest.mark.netns
+from kboxnet_core.testing.unprivileged import NOBODY, PATH, blocked_directories, python_paths, unprivileged_argv
 
 REPO = Path(kboxnet_core.__file__).resolve().parents[1]
 
@@ -71,6 +69,7 @@ def _run_as_nobody(ns: Netns, command: list[str], workdir: Path, timeout: float)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=env)
 
 
+@pytest.mark.netns
 def test_run_as_nobody_in_its_own_user_namespace(workdir):
     if os.geteuid() != 0:
         pytest.skip("needs root to prepare the unprivileged user's environment")
@@ -123,3 +122,27 @@ def test_run_as_nobody_in_its_own_user_namespace(workdir):
         assert (workdir / "blob.bin").stat().st_uid == NOBODY  # written by nobody, not by root
     assert _tun_identity() == tun_before, "the real /dev/net/tun was changed"
     assert _dev_net_mounts() == mounts_before, "a mount over /dev/net leaked out of the private namespace"
+
+
+def test_blocked_directories_names_what_to_re_expose(tmp_path):
+    closed = tmp_path / "closed"
+    (closed / "inner" / "pkg").mkdir(parents=True)
+    (closed / "other").mkdir()
+    closed.chmod(0o700)
+    (closed / "inner").chmod(0o711)  # traversable, not listable: needs no cover
+    tmp_path.chmod(0o755)
+    blocked = blocked_directories([closed / "inner" / "pkg"], NOBODY, NOBODY)
+    assert blocked[closed] == {"inner"}  # only the needed entry, not "other"
+    assert closed / "inner" not in blocked
+    os.chown(closed, NOBODY, NOBODY)  # the owner's own bits count for the owner
+    assert closed not in blocked_directories([closed / "inner" / "pkg"], NOBODY, NOBODY)
+
+
+def test_helper_refuses_the_callers_mount_namespace():
+    if os.geteuid() != 0:
+        pytest.skip("the helper only runs as root")
+    mounts_before = _dev_net_mounts()
+    out = subprocess.run([sys.executable, "-m", "kboxnet_core.testing.unprivileged", "--", "true"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "private mount namespace" in out.stderr, out.stderr
+    assert _dev_net_mounts() == mounts_before

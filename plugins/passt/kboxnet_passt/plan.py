@@ -15,7 +15,7 @@ from kboxnet_core.config import Config
 from kboxnet_core.config.model import NetConfig, parse_resolver
 
 from .detect import BinaryInfo
-from .quirks import Quirks
+from .quirks import RELAY_MTU_LIMIT, Quirks
 
 LOOPBACK4 = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -28,12 +28,15 @@ class Plan:
     :ivar problems: reasons this passt cannot serve the configuration.
     :ivar warnings: behaviour that differs from the profile (logged).
     :ivar relay_fixups: the relay must repair the passt build's defects.
+    :ivar mtu: the MTU passt offers the guest (``[net] mtu``, or less, see
+        :data:`~kboxnet_passt.quirks.RELAY_MTU_LIMIT`).
     """
 
     args: tuple[str, ...]
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     relay_fixups: bool = False
+    mtu: int = 1500
 
 
 def loopback_denied(net: NetConfig) -> bool:
@@ -105,11 +108,21 @@ def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool,
     """passt options for ``config``; ``relay`` tells whether frames pass through our relay."""
     net = config.net
     v4 = net.ipv4
-    args: list[str] = ["--mtu", str(net.mtu),
-                       "--address", str(v4.address), "--netmask", str(v4.prefix_len),
-                       "--gateway", str(v4.gateway)]
     problems: list[str] = []
     warnings: list[str] = []
+    mtu = net.mtu
+    if quirks.partial_frames_dropped and mtu > RELAY_MTU_LIMIT:
+        if relay:
+            mtu = RELAY_MTU_LIMIT
+            warnings.append(f"MTU {net.mtu} lowered to {mtu}: this passt loses frames that reach it in pieces, "
+                            f"and only frames up to {mtu + 14} bytes are written to it in one piece")
+        else:
+            warnings.append(f"unrepaired passt defect at MTU {net.mtu}: frames over {RELAY_MTU_LIMIT + 14} bytes "
+                            "that reach this passt in pieces are dropped and its stream goes out of step "
+                            f"(use MTU {RELAY_MTU_LIMIT} or less)")
+    args: list[str] = ["--mtu", str(mtu),
+                       "--address", str(v4.address), "--netmask", str(v4.prefix_len),
+                       "--gateway", str(v4.gateway)]
     if net.ipv6.enabled and info.has("ipv6-only"):
         v6 = net.ipv6
         args += ["--address", str(v6.address), "--gateway", str(v6.gateway), "--dns", str(v6.dns)]
@@ -144,6 +157,6 @@ def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool,
                     args.append("--no-icmp")
                 warnings.append("ICMP disabled: this passt would send guest pings to the gateway address "
                                 "out to the network")
-            warnings += [f"unrepaired passt defect: {text}" for text in quirks.describe()
-                         if "ping" not in text]
-    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups)
+            warnings += [f"unrepaired passt defect: {text}" for text in attrs.evolve(
+                quirks, gateway_ping_unmapped=False, partial_frames_dropped=False).describe()]
+    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups, mtu)

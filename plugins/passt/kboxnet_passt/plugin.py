@@ -149,8 +149,9 @@ class PasstBackend(Backend):
         fixups = Fixups(net.ipv4.gateway, net.ipv4.dns) if plan.relay_fixups else None
         if fixups is not None:
             log.info("passt %s: repairing in the relay: %s", info.version, ", ".join(quirks.describe()))
+        guest_mtu = plan.mtu if mode == "relay" and link.kind == "tap" else None
         return PasstSession(link, ctx, self._argv_factory(settings, info.path, plan), mode, fixups,
-                            settings.ready_timeout)
+                            settings.ready_timeout, guest_mtu)
 
 
 @hookimpl

@@ -12,6 +12,14 @@ Measured with Debian bookworm's passt (0.0~git20230309, see the team notes
 4. On a forwarded (inbound) connection, passt answers the guest's SYN-ACK
    only together with the first data from the host client: a guest server
    that must speak first (SSH, SMTP and FTP banners) never accept()s.
+5. Frames that reach its socket in pieces are lost (``tap_handler_passt()``
+   completes a frame cut by its read with a single blocking ``recv()`` and
+   drops the whole read when that comes back short, and drops the bytes of a
+   length word cut by a read): the stream is then out of step and every flow
+   stalls. The relay writes whole frames in atomic groups (see
+   :mod:`kboxnet_passt.relay`); frames too big for one atomic write
+   (MTU above :data:`RELAY_MTU_LIMIT`) cannot be protected, so the MTU offered
+   to such a passt on a relayed link is capped.
 
 These releases predate the 2024_08_21 address-mapping rework, which also
 added ``--map-host-loopback``. The backend therefore treats a passt that
@@ -26,6 +34,10 @@ from __future__ import annotations
 import attrs
 
 from .detect import BinaryInfo
+from .relay import ATOMIC_FRAME
+
+#: the largest MTU whose frames (with the 14-byte Ethernet header) fit one atomic write
+RELAY_MTU_LIMIT = ATOMIC_FRAME - 14
 
 
 @attrs.frozen
@@ -34,9 +46,11 @@ class Quirks:
     dns_reply_from_gateway: bool = False
     rst_without_ack: bool = False
     inbound_handshake_incomplete: bool = False
+    partial_frames_dropped: bool = False
 
     @property
     def any(self) -> bool:
+        """Any defect the relay's repairs (``fixups``) are for."""
         return (self.gateway_ping_unmapped or self.dns_reply_from_gateway or self.rst_without_ack
                 or self.inbound_handshake_incomplete)
 
@@ -50,10 +64,12 @@ class Quirks:
             out.append("refused connections hang (RST without ACK)")
         if self.inbound_handshake_incomplete:
             out.append("forwarded connections stall until the host side sends (no final handshake ACK)")
+        if self.partial_frames_dropped:
+            out.append("frames reaching its socket in pieces are dropped and its stream goes out of step")
         return out
 
 
 def quirks_for(info: BinaryInfo) -> Quirks:
     legacy = not info.has("map-host-loopback")
     return Quirks(gateway_ping_unmapped=legacy, dns_reply_from_gateway=legacy, rst_without_ack=legacy,
-                  inbound_handshake_incomplete=legacy)
+                  inbound_handshake_incomplete=legacy, partial_frames_dropped=legacy)

@@ -3,8 +3,27 @@
 Used for tap links (passt only speaks the qemu stream protocol) and, for old
 passt builds, for stream links too (to repair their defects, see
 :mod:`kboxnet_passt.fixups`). One epoll loop, batched both ways: up to 256
-frames from the link go to passt in one ``sendmsg``; one ``recv_into`` from
-passt yields every complete frame in an 8 MiB buffer.
+frames are taken from the link at a time; one ``recv_into`` from passt yields
+every complete frame in an 8 MiB buffer.
+
+**Frames reach passt's socket whole.** passt before 2024 (bookworm's
+2023_03_09) reads its socket in big non-blocking reads and completes a frame
+cut at the end of a read with *one* blocking ``recv()``: if that returns less
+than the rest of the frame, the frame and every frame of that read are
+dropped, and if a read ends inside a 4-byte length word those bytes are lost.
+Either way its stream is out of step from then on (it takes frame bytes for
+lengths, may block in ``recv()`` for bytes that never come, and every flow
+stalls). A reader of an AF_UNIX stream socket sees the data of one
+``sendmsg`` queued in pieces of at least 32 KiB (one skb each), so the relay
+
+* writes frames in groups of at most :data:`ATOMIC_WRITE` bytes, one
+  ``sendmsg`` per group, each starting and ending on a frame boundary: every
+  group arrives in passt's queue in one piece;
+* keeps the bytes queued towards passt (its own send buffer) far below the
+  size of passt's read, so a read never stops inside a group;
+* counts frames too big for one group (``relay_frames_oversize``): they may
+  arrive in pieces, which is why the backend caps the MTU it offers to such a
+  passt (see :mod:`kboxnet_passt.quirks`).
 
 Frame boundaries are kept on stop: the link only ever gets whole frames
 (``send_frame``), and frames from the link are taken whole, so the next
@@ -14,6 +33,7 @@ are dropped (the guest retransmits).
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import select
@@ -25,10 +45,20 @@ from kboxnet_core.links.stream import enlarge_socket_buffers
 
 from .fixups import Fixups
 
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
 _LEN = struct.Struct(">I")
 RECV_BUFFER = 8 * 1024 * 1024
-OUT_LIMIT = 4 * 1024 * 1024
 BATCH = 256
+#: bytes per ``sendmsg`` towards passt. An AF_UNIX stream ``sendmsg`` is queued to the reader in
+#: skbs of up to ``SKB_MAX_HEAD(0) + 32 KiB`` (``unix_stream_sendmsg``), so a write of at most
+#: 32 KiB is one skb: the reader sees all of it or none of it.
+ATOMIC_WRITE = 32 * 1024
+#: the largest frame that still fits one atomic write (with its length word)
+ATOMIC_FRAME = ATOMIC_WRITE - _LEN.size
+#: send buffer of our end, i.e. the most bytes queued for passt. The kernel doubles it (4 MiB),
+#: which stays below passt 2023's read size (8 MiB - 64 KiB), so its reads end on our writes.
+TO_PASST_SNDBUF = 2 * 1024 * 1024
 #: batches per readiness event and direction (fairness between the two directions)
 ROUNDS = 16
 
@@ -53,23 +83,32 @@ class Relay:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._out = bytearray()
+        #: whole groups (or the tail of one) waiting for room in passt's socket, in order
+        self._pending: collections.deque[bytes] = collections.deque()
         self.frames_to_passt = 0
         self.frames_to_guest = 0
         self.bytes_to_passt = 0
         self.bytes_to_guest = 0
+        #: frames bigger than one atomic write, written anyway (an old passt may drop them)
+        self.frames_oversize = 0
+        #: writes that found passt's socket full (the rest waits for EPOLLOUT)
+        self.writes_deferred = 0
+        #: writes that went out in part (the socket had room for less than one group)
+        self.writes_split = 0
 
     # -- guest -> passt -------------------------------------------------------------
     def _from_link(self) -> None:
         link, fixups = self.link, self.fixups
         for _ in range(ROUNDS):
-            if self._out:
+            if self._pending:
                 return
             frames = link.recv_frames(BATCH)
             if not frames:
                 return
+            groups: list[tuple[list[bytes | memoryview], int]] = []
             parts: list[bytes | memoryview] = []
             total = 0
+            count = 0
             for frame in frames:
                 if fixups is not None:
                     reply = fixups.from_guest(frame)
@@ -77,51 +116,63 @@ class Relay:
                         link.send_frame(reply)
                         continue
                 n = len(frame)
+                if total and total + 4 + n > ATOMIC_WRITE:
+                    groups.append((parts, total))
+                    parts, total = [], 0
+                if n > ATOMIC_FRAME:
+                    self.frames_oversize += 1
                 parts.append(_LEN.pack(n))
                 parts.append(frame)
                 total += 4 + n
-            self.frames_to_passt += len(parts) // 2
-            self.bytes_to_passt += total
+                count += 1
+            if parts:
+                groups.append((parts, total))
+            self.frames_to_passt += count
+            self.bytes_to_passt += sum(size for _, size in groups) - 4 * count
             if fixups is not None:
                 if fixups.inject:
                     link.send_frames(fixups.inject)
                     fixups.inject.clear()
                 link.flush()
-            if parts:
-                self._send_parts(parts, total)
+            self._send_groups(groups)
 
-    def _send_parts(self, parts: list[bytes | memoryview], total: int) -> None:
+    def _send(self, data: bytes | memoryview | list[bytes | memoryview]) -> int:
+        """One write towards passt; the byte count written (0 when the socket is full)."""
         try:
-            sent = self.sock.sendmsg(parts)
+            if isinstance(data, list):
+                return self.sock.sendmsg(data)
+            return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            sent = 0
+            self.writes_deferred += 1
+            return 0
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 raise PasstClosed(str(exc)) from exc
             raise
-        if sent < total:
-            # keep the unsent tail (the frame views die with the next recv_frames)
-            skip = sent
-            for part in parts:
-                n = len(part)
-                if skip >= n:
-                    skip -= n
-                    continue
-                self._out += part[skip:]
-                skip = 0
 
-    def _flush_out(self) -> None:
-        if not self._out:
+    def _send_groups(self, groups: list[tuple[list[bytes | memoryview], int]]) -> None:
+        for i, (parts, size) in enumerate(groups):
+            sent = self._send(parts)
+            if sent == size:
+                continue
+            # keep the unsent groups as bytes (the frame views die with the next recv_frames)
+            if sent:
+                self.writes_split += 1
+            self._pending.append(b"".join(parts)[sent:])
+            self._pending.extend(b"".join(rest) for rest, _ in groups[i + 1 :])
             return
-        try:
-            sent = self.sock.send(self._out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
-                raise PasstClosed(str(exc)) from exc
-            raise
-        del self._out[:sent]
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            data = pending[0]
+            sent = self._send(data)
+            if sent < len(data):
+                if sent:
+                    self.writes_split += 1
+                    pending[0] = data[sent:]
+                return
+            pending.popleft()
 
     # -- passt -> guest -------------------------------------------------------------
     def _from_passt(self) -> None:
@@ -178,10 +229,10 @@ class Relay:
             ep.register(sock_fd, select.EPOLLIN)
             link_mask, sock_mask = select.EPOLLIN, select.EPOLLIN
             while True:
-                want_link = (select.EPOLLIN if not self._out else 0) | (
+                want_link = (select.EPOLLIN if not self._pending else 0) | (
                     select.EPOLLOUT if self.link.wants_write() else 0)
                 want_sock = (select.EPOLLIN if not self.link.wants_write() else 0) | (
-                    select.EPOLLOUT if self._out else 0)
+                    select.EPOLLOUT if self._pending else 0)
                 if want_link != link_mask:
                     ep.modify(link_fd, want_link)
                     link_mask = want_link
@@ -198,7 +249,7 @@ class Relay:
                         return
                     if fd == sock_fd:
                         if ev & select.EPOLLOUT:
-                            self._flush_out()
+                            self._flush_pending()
                         if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                             self._from_passt()
                     elif fd == link_fd:
@@ -214,21 +265,33 @@ class Relay:
 
     def counters(self) -> dict[str, int]:
         out = {"relay_frames_to_passt": self.frames_to_passt, "relay_frames_to_guest": self.frames_to_guest,
-               "relay_bytes_to_passt": self.bytes_to_passt, "relay_bytes_to_guest": self.bytes_to_guest}
+               "relay_bytes_to_passt": self.bytes_to_passt, "relay_bytes_to_guest": self.bytes_to_guest,
+               "relay_frames_oversize": self.frames_oversize, "relay_writes_deferred": self.writes_deferred,
+               "relay_writes_split": self.writes_split, "relay_tap_tx_dropped": getattr(self.link, "tx_dropped", 0)}
         if self.fixups is not None:
             out.update(self.fixups.counters())
         return out
 
 
 def make_socketpair(size: int = 16 * 1024 * 1024) -> tuple[socket.socket, socket.socket]:
-    """(ours, passt's): a stream socketpair with large forced buffers on both ends.
+    """(ours, passt's): a stream socketpair with large forced buffers.
 
     passt leaves its end at the default 208 KiB otherwise and drops frames
     under load (harness notes); forcing needs CAP_NET_ADMIN, else the plain
-    options are capped by ``net.core.[rw]mem_max``.
+    options are capped by ``net.core.[rw]mem_max``. Our send buffer (the bytes
+    queued for passt) is kept at :data:`TO_PASST_SNDBUF` (see the module doc).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     for sock in (ours, theirs):
         enlarge_socket_buffers(sock, size)
+    limit_send_buffer(ours, min(size, TO_PASST_SNDBUF))
     os.set_inheritable(theirs.fileno(), True)
     return ours, theirs
+
+
+def limit_send_buffer(sock: socket.socket, size: int) -> None:
+    """Set the send buffer to ``size`` (forced when allowed, so it may exceed ``wmem_max``)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from kboxnet_core.backend import LoopSession, SessionContext, SessionResult
 from kboxnet_core.links.base import Link, LinkClosed
+from kboxnet_core.netns import entered_netns, set_link
 
 from .fixups import Fixups
 from .process import PasstProcess
@@ -82,10 +83,15 @@ class PasstSession(PasstProcessSession):
     """passt serving one link (direct or relay mode).
 
     :param argv_for_fd: builds passt's full argv given the fd number it gets.
+    :param guest_mtu: an MTU lower than ``[net] mtu`` that passt was given (see
+        :data:`~kboxnet_passt.quirks.RELAY_MTU_LIMIT`): the guest interface of a
+        ``kboxnet run`` namespace (``ctx.netns``) is set to it for the session's
+        lifetime and restored afterwards, so the next backend gets the MTU asked for.
     """
 
     def __init__(self, link: Link, ctx: SessionContext, argv_for_fd: Callable[[int], Sequence[str]],
-                 mode: str, fixups: Fixups | None = None, ready_timeout: float = 5.0) -> None:
+                 mode: str, fixups: Fixups | None = None, ready_timeout: float = 5.0,
+                 guest_mtu: int | None = None) -> None:
         if mode not in ("direct", "relay"):
             raise ValueError(f"unknown mode {mode!r}")
         super().__init__()
@@ -97,6 +103,7 @@ class PasstSession(PasstProcessSession):
         self._fixups = fixups
         self._ready_timeout = ready_timeout
         self._relay: Relay | None = None
+        self._guest_mtu = guest_mtu if ctx.netns is not None and guest_mtu != ctx.config.net.mtu else None
         self.argv: list[str] = []
 
     def counters(self) -> Mapping[str, int]:
@@ -161,7 +168,22 @@ class PasstSession(PasstProcessSession):
             return SessionResult(True, "guest closed the connection", guest_gone=True)
         return SessionResult(False, f"passt ended: {proc.exit_description()}")
 
+    def _set_guest_mtu(self, mtu: int) -> None:
+        assert self.ctx.netns is not None
+        with entered_netns(self.ctx.netns.path):
+            set_link(self.ctx.netns.ifname, mtu=mtu)
+
+    def _after(self) -> None:
+        if self._guest_mtu is not None:
+            try:
+                self._set_guest_mtu(self.ctx.config.net.mtu)
+            except OSError as exc:
+                log.error("passt: could not restore the MTU of the guest interface: %s", exc)
+
     def _serve_relay(self, stop_fd: int) -> SessionResult:
+        if self._guest_mtu is not None:
+            log.info("passt: guest interface MTU set to %d for this session", self._guest_mtu)
+            self._set_guest_mtu(self._guest_mtu)
         ours, theirs = make_socketpair()
         try:
             try:

@@ -6,7 +6,8 @@ import datetime
 
 from kboxnet_passt.detect import OPTIONAL_OPTIONS, REQUIRED_OPTIONS, BinaryInfo, PasstVersion
 from kboxnet_passt.plan import build_plan
-from kboxnet_passt.quirks import Quirks, quirks_for
+from kboxnet_passt.quirks import RELAY_MTU_LIMIT, Quirks, quirks_for
+from kboxnet_passt.relay import ATOMIC_WRITE
 
 from kboxnet_core.config import Config
 from kboxnet_core.config.model import EgressPolicy, Forward, IPv6Profile, NetConfig, PolicyRule
@@ -74,3 +75,22 @@ def test_quirks_relay_or_disable_icmp():
     direct = build_plan(Config(), old, q, relay=False)
     assert not direct.relay_fixups and "--no-icmp" in direct.args
     assert any("ICMP disabled" in w for w in direct.warnings)
+
+
+def test_mtu_is_capped_for_old_passt_on_relayed_links_only():
+    net = NetConfig(mtu=65520)
+    old = info(OLD)
+    q = quirks_for(old)
+    assert q.partial_frames_dropped and not quirks_for(info(NEW)).partial_frames_dropped
+    assert RELAY_MTU_LIMIT + 14 + 4 <= ATOMIC_WRITE  # a capped frame and its length word: one atomic write
+    relayed = build_plan(Config(net=net), old, q, relay=True)
+    assert ("--mtu", str(RELAY_MTU_LIMIT)) in pairs(relayed.args) and relayed.mtu == RELAY_MTU_LIMIT
+    assert any("lowered" in w for w in relayed.warnings)
+    off = build_plan(Config(net=net), old, q, relay=True, fixups="off")
+    assert off.mtu == RELAY_MTU_LIMIT and not any("unrepaired" in w and "pieces" in w for w in off.warnings)
+    direct = build_plan(Config(net=net), old, q, relay=False)
+    assert ("--mtu", "65520") in pairs(direct.args) and direct.mtu == 65520
+    assert any("unrepaired" in w and "pieces" in w for w in direct.warnings)
+    new = build_plan(Config(net=net), info(NEW), quirks_for(info(NEW)), relay=True)
+    assert ("--mtu", "65520") in pairs(new.args) and new.mtu == 65520 and not new.warnings
+    assert build_plan(Config(net=NetConfig(mtu=9000)), old, q, relay=True).mtu == 9000

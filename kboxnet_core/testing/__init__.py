@@ -4,7 +4,9 @@
 - :class:`Dnsmasq`: a loopback resolver that answers only test domains.
 - :class:`HttpFileServer`, :class:`UdpEchoServer`: loopback servers (any netns).
 - :func:`free_tcp_port`, :func:`free_udp_port`, :func:`udhcpc_script`.
-- :mod:`kboxnet_core.testing.qemu`: the real-VM guest kit.
+- :mod:`kboxnet_core.testing.qemu`: the real-VM guest kit (IPv4 and IPv6 checks in one boot).
+- :mod:`kboxnet_core.testing.unprivileged`: run a command as nobody with a private 0666 tun
+  node (root sets it up inside a private mount namespace; the machine is not changed).
 - :mod:`kboxnet_core.testing.pytest_plugin`: fixtures wrapping the above.
 """
 

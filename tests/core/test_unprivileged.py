@@ -4,14 +4,15 @@ What is exercised: ``kboxnet run --net minislirp --no-fallback`` started as uid/
 (nobody), with no supplementary groups, no capabilities and no-new-privs (so no setuid helper
 such as newuidmap can be used). kboxnet itself unshares a user namespace (uid_map "0 65534 1"),
 opens the tun device inside it, configures the guest and runs real clients there: curl
-downloads a file from a server the test starts on loopback, through 10.0.2.2, and the sha256
-is checked; busybox ping reaches the gateway. Everything runs in a network namespace the test
+downloads a file from a server the test starts on loopback, through 10.0.2.2, and another over
+IPv6 from ``::1`` through ``[fd00::2]`` (SLAAC address), both sha256-checked; busybox ping
+reaches the gateway. Everything runs in a network namespace the test
 creates (its only interface is ``lo``), so nothing can leave the machine.
 
 What is arranged for it, as root and only inside a private mount namespace
 (:mod:`kboxnet_core.testing.unprivileged`): ``/dev/net/tun`` is mode 0600 here and on CI, so a
 tmpfs over ``/dev/net`` holds a fresh tun node (char 10:200) with mode 0666, which is what a
-distribution granting rootless tun access provides. Directories nobody may not traverse on the
+distribution granting rootless tun access provides. Directories that user cannot traverse on the
 way to the interpreter and the source tree (``/root`` is 0700) are covered by a tmpfs that
 re-exposes just those paths. The test checks that the real tun node is untouched afterwards.
 
@@ -85,8 +86,9 @@ def test_run_as_nobody_in_its_own_user_namespace(workdir):
         assert "dropped" in probe.stdout, f"the unprivileged environment could not be set up: {probe.stderr}"
         if probe.returncode != 0:
             pytest.skip(f"an unprivileged user cannot create a user namespace here: {probe.stderr.strip()}")
-        with HttpFileServer(netns=ns) as http:
+        with HttpFileServer(netns=ns) as http, HttpFileServer("::1", netns=ns) as http6:
             digest = http.add_file("blob.bin", 4 << 20, seed=65534)
+            digest6 = http6.add_file("blob6.bin", 1 << 20, seed=65535)
             script = (
                 "grep -E '^(Uid|Gid|Groups|CapPrm|CapEff|NoNewPrivs):' /proc/self/status; "
                 'exec "$@"'
@@ -97,7 +99,9 @@ def test_run_as_nobody_in_its_own_user_namespace(workdir):
                 "echo txqlen=$(cat /sys/class/net/tap0/tx_queue_len); "
                 "busybox ping -c 1 -W 5 10.0.2.2 >/dev/null && echo ping=ok; "
                 f"curl -sS --max-time 60 -o blob.bin {http.url('blob.bin', '10.0.2.2')}; echo curl=$?; "
-                "sha256sum blob.bin"
+                "sha256sum blob.bin; "
+                f"curl -sS -6 --max-time 60 -o blob6.bin {http6.url('blob6.bin', '[fd00::2]')}; echo curl6=$?; "
+                "sha256sum blob6.bin"
             )
             out = _run_as_nobody(ns, ["sh", "-c", script, "sh", sys.executable, "-m", "kboxnet_core", "run",
                                       "--net", "minislirp", "--no-fallback", "--", "sh", "-c", guest],
@@ -118,6 +122,8 @@ def test_run_as_nobody_in_its_own_user_namespace(workdir):
         assert "ping=ok" in out.stdout, why
         assert "curl=0" in out.stdout and f"{digest}  blob.bin" in out.stdout, why
         assert any("GET /blob.bin" in r and " 200 " in r for r in http.requests), why
+        assert "curl6=0" in out.stdout and f"{digest6}  blob6.bin" in out.stdout, why  # IPv6 (SLAAC) too
+        assert any(r.startswith("::1 ") and "GET /blob6.bin" in r for r in http6.requests), why
         assert hashlib.sha256((workdir / "blob.bin").read_bytes()).hexdigest() == digest
         assert (workdir / "blob.bin").stat().st_uid == NOBODY  # written by nobody, not by root
     assert _tun_identity() == tun_before, "the real /dev/net/tun was changed"

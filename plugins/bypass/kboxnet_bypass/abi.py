@@ -8,6 +8,7 @@ libseccomp. Struct layouts and ioctl numbers are those of the kernel UAPI
 
 from __future__ import annotations
 
+import _socket
 import ctypes
 import ctypes.util
 import errno
@@ -231,11 +232,12 @@ def unshare(flags: int) -> None:
 
 
 def pidfd_open(pid: int, flags: int = 0) -> int:
-    return _check(_syscall(NR_PIDFD_OPEN, pid, flags), "pidfd_open")
+    return os.pidfd_open(pid, flags)
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
-    return _check(_syscall(NR_PIDFD_GETFD, pidfd, targetfd, 0), "pidfd_getfd")
+    """A copy (close-on-exec) of ``targetfd`` of the task behind ``pidfd`` (hot path: no generic wrapper)."""
+    return _check(_raw_syscall(_NR_GETFD, _L(pidfd), _L(targetfd), _ZERO), "pidfd_getfd")
 
 
 class _IoVec(ctypes.Structure):
@@ -243,6 +245,7 @@ class _IoVec(ctypes.Structure):
 
 
 _NR_VM, _ONE, _ZERO = _L(NR_PROCESS_VM_READV), _L(1), _L(0)
+_NR_GETFD = _L(NR_PIDFD_GETFD)
 
 
 def _vm_state() -> tuple:
@@ -264,7 +267,7 @@ def read_target_memory(pid: int, addr: int, size: int) -> bytes:
     local.len = remote.len = size
     remote.base = addr
     n = _check(_raw_syscall(_NR_VM, _L(pid), plocal, _ONE, premote, _ONE, _ZERO), "process_vm_readv")
-    return buf.raw[:n]
+    return ctypes.string_at(buf, n)  # not buf.raw[:n]: that copies the whole buffer first
 
 
 # --- socket helpers on raw fds (never wrap a target's fd in socket.socket) ----------------------
@@ -294,15 +297,23 @@ def getsockopt_or_none(fd: int, level: int, opt: int, size: int) -> bytes | None
     return buf.raw[: ln.value]
 
 
-def borrow_socket(fd: int) -> socket.socket | None:
-    """A ``socket.socket`` view of ``fd`` for fast getsockopt; the caller must ``detach()`` it.
+def borrow_socket(fd: int) -> _socket.socket | None:
+    """A socket object on ``fd`` for fast getsockopt; the caller must ``detach()`` it.
 
-    None when a global default timeout is set: wrapping would then switch the
-    *shared* file to non-blocking, which the target would see.
+    The C type, not ``socket.socket``: its Python ``__init__`` costs more than
+    the getsockopt calls it is borrowed for. Declared AF_INET6 whatever the
+    socket is: the object sizes its getsockname/getpeername buffer by the
+    declared family, and a sockaddr_in6 buffer holds both (a sockaddr_in one
+    would truncate an IPv6 address). None when a global default timeout is
+    set: wrapping would then switch the *shared* file to non-blocking, which
+    the target would see.
     """
     if socket.getdefaulttimeout() is not None:
         return None
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        return _socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 0, fd)
+    except OSError:  # ENOTSOCK (the constructor checks with getsockname): callers use the raw path
+        return None
 
 
 def getsockopt_int(fd: int, level: int, opt: int) -> int:
@@ -333,7 +344,11 @@ def sock_name(fd: int, peer: bool = False) -> bytes | None:
 
 
 def socket_raw(family: int, type_: int, proto: int) -> int:
-    return _check(_libc.socket(family, type_, proto), "socket")
+    """``socket()``; returns the fd (through ``_socket``, cheaper than a ctypes call)."""
+    if not type_ & socket.SOCK_NONBLOCK and socket.getdefaulttimeout() is not None:
+        # the socket object would make the file non-blocking for its default timeout
+        return _check(_libc.socket(family, type_, proto), "socket")
+    return _socket.socket(family, type_, proto).detach()
 
 
 def connect_raw(fd: int, addr: bytes) -> int:

@@ -10,8 +10,10 @@ or a bound address is not eligible at all.
 
 from __future__ import annotations
 
+import _socket
 import socket
 import struct
+from itertools import starmap
 
 import attrs
 
@@ -23,6 +25,8 @@ IPPROTO_IPV6 = socket.IPPROTO_IPV6
 SOL_SOCKET = socket.SOL_SOCKET
 SO_RCVBUF, SO_SNDBUF = 8, 7
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
+_U64 = struct.Struct("=Q")
+_WILDCARDS = ("0.0.0.0", "::")
 
 
 @attrs.frozen
@@ -94,27 +98,39 @@ Snapshot = tuple
 
 
 def snapshot(fd: int, family: int) -> Snapshot:
-    """Read every copyable option of ``fd`` (hot path: one getsockopt per option)."""
-    plain = _PLAIN[socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET]
+    """Read every copyable option of ``fd`` (one getsockopt per option)."""
     sk = abi.borrow_socket(fd)
     if sk is None:
         read = abi.getsockopt_or_none
+        plain = _PLAIN[socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET]
         return tuple(read(fd, level, name, size) for level, name, size in plain)
-    values: list[bytes | None] = []
-    get = sk.getsockopt
     try:
-        for level, name, size in plain:
-            try:
-                values.append(get(level, name, size))
-            except OSError:
-                values.append(None)
+        return _snapshot_borrowed(sk, family)
     finally:
         sk.detach()
+
+
+def _snapshot_borrowed(sk: _socket.socket, family: int) -> Snapshot:
+    """The hot path of :func:`snapshot`: the loop runs in C unless an option is refused."""
+    plain = _PLAIN[socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET]
+    get = sk.getsockopt
+    try:
+        return tuple(starmap(get, plain))
+    except OSError:
+        pass
+    values: list[bytes | None] = []
+    for level, name, size in plain:
+        try:
+            values.append(get(level, name, size))
+        except OSError:
+            values.append(None)
     return tuple(values)
 
 
 def differing(target: Snapshot, pristine: Snapshot | None, family: int) -> list[tuple[SockOpt, bytes]]:
     """Options whose value on the target differs from a pristine namespace socket."""
+    if target == pristine:
+        return []  # the common case: nothing was set before connect()
     opts = copyable_options(family)
     if not pristine:
         pristine = (None,) * len(opts)
@@ -175,30 +191,56 @@ def _is_bound(raw: bytes) -> bool:
 
 def inspect(fd: int) -> SocketInfo | None:
     """Describe the socket behind ``fd``; None when it is not a socket."""
+    return inspect_with_options(fd, False)[0]
+
+
+def inspect_with_options(fd: int, with_options: bool) -> tuple[SocketInfo | None, Snapshot | None]:
+    """:func:`inspect`, plus (when ``with_options`` and the socket is TCP) its :func:`snapshot`.
+
+    One borrowed socket object serves both: this runs for every bypassed connect().
+    """
     sk = abi.borrow_socket(fd)
     if sk is None:
-        return _inspect_raw(fd)
+        info = _inspect_raw(fd)
+        want = with_options and info is not None and info.is_tcp
+        return info, snapshot(fd, info.domain) if want and info is not None else None
     try:
-        get = sk.getsockopt
-        try:
-            domain = get(SOL_SOCKET, abi.SO_DOMAIN)
-        except OSError:
-            return None
-        type_ = get(SOL_SOCKET, abi.SO_TYPE)
-        proto = get(SOL_SOCKET, abi.SO_PROTOCOL)
-        try:
-            cookie = struct.unpack("=Q", get(SOL_SOCKET, abi.SO_NETNS_COOKIE, 8))[0]
-        except (OSError, struct.error):
-            cookie = 0
-        if domain not in (socket.AF_INET, socket.AF_INET6):
-            return SocketInfo(domain, type_, proto, cookie, False, False, False, 0)
-        device = get(SOL_SOCKET, abi.SO_BINDTODEVICE, 16).strip(b"\0") != b""
-        mark = get(SOL_SOCKET, abi.SO_MARK)
+        info = _inspect_borrowed(sk)
+        if with_options and info is not None and info.is_tcp:
+            return info, _snapshot_borrowed(sk, info.domain)
+        return info, None
     finally:
         sk.detach()
-    connected = abi.sock_name(fd, peer=True) is not None
-    name = abi.sock_name(fd)
-    bound = True if name is None else _is_bound(name)
+
+
+def _inspect_borrowed(sk: _socket.socket) -> SocketInfo | None:
+    get = sk.getsockopt
+    try:
+        domain = get(SOL_SOCKET, abi.SO_DOMAIN)
+    except OSError:
+        return None
+    type_ = get(SOL_SOCKET, abi.SO_TYPE)
+    proto = get(SOL_SOCKET, abi.SO_PROTOCOL)
+    try:
+        cookie = _U64.unpack(get(SOL_SOCKET, abi.SO_NETNS_COOKIE, 8))[0]
+    except (OSError, struct.error):
+        cookie = 0
+    if domain not in (socket.AF_INET, socket.AF_INET6):
+        return SocketInfo(domain, type_, proto, cookie, False, False, False, 0)
+    device = get(SOL_SOCKET, abi.SO_BINDTODEVICE, 16).strip(b"\0") != b""
+    mark = get(SOL_SOCKET, abi.SO_MARK)
+    try:
+        host, port = sk.getsockname()[:2]
+        bound = port != 0 or host not in _WILDCARDS
+    except (OSError, ValueError):
+        bound = True  # cannot tell: treat as bound (stays in the namespace)
+    connected = False
+    if bound:  # connect() and listen() bind a port: an unbound socket is not connected
+        try:
+            sk.getpeername()
+            connected = True
+        except OSError:  # ENOTCONN
+            pass
     return SocketInfo(domain, type_, proto, cookie, connected, bound, device, mark)
 
 

@@ -41,11 +41,14 @@ from . import abi, sockstate
 from .epoll import EpollRearmer
 from .mediator import Mediator
 from .policy import AF_UNSPEC, BypassPolicy, Destination, parse_sockaddr, sockaddr_family
-from .target import EpollFdCache, epoll_registrations, fd_cloexec, open_pidfd
+from .target import EpollFdCache, PidfdCache, epoll_registrations, fd_flags
 
 log = logging.getLogger("kboxnet.bypass")
 
 MAX_SOCKADDR = 128
+MAX_JUDGED = 4096  # entries of the per-supervisor sockaddr -> decision cache
+_HOST_SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+MAX_DEFERRED_CLOSES = 32  # fds whose close waits for an idle moment (see Supervisor._defer_close)
 
 
 @attrs.frozen
@@ -70,6 +73,22 @@ class SupervisorSettings:
     log_connections: bool = True
 
 
+@attrs.frozen
+class _Verdict:
+    """What our copy of a connect() address means (see ``Supervisor._judge``).
+
+    :ivar family: the sockaddr's family (None when too short).
+    :ivar dest: the parsed AF_INET/AF_INET6 destination, if any.
+    :ivar why_not: why it is not for a host socket ("" when it is).
+    :ivar sockaddr: the canonical sockaddr to connect a host socket to (b"" without dest).
+    """
+
+    family: int | None
+    dest: Destination | None
+    why_not: str
+    sockaddr: bytes
+
+
 @attrs.define
 class _Pending:
     """A bypass of a *blocking* connect, waiting for the host socket's handshake."""
@@ -89,6 +108,17 @@ def _writable_now(fd: int) -> bool:
     p = select.poll()
     p.register(fd, select.POLLOUT)
     return bool(p.poll(0))
+
+
+def _connect_outcome(fd: int) -> int:
+    """After EINPROGRESS: 0 once established, the error once failed, EINPROGRESS while pending.
+
+    One getpeername in the common case (loopback and other fast paths finish
+    the handshake inside connect()); it fails while SYN_SENT and after a failure.
+    """
+    if abi.sock_name(fd, peer=True) is not None:
+        return 0
+    return abi.getsockopt_int(fd, socket.SOL_SOCKET, socket.SO_ERROR) or errno.EINPROGRESS
 
 
 def _timeval_seconds(raw: bytes | None) -> float:
@@ -112,6 +142,10 @@ class Supervisor:
         self._epoll_seen = False
         self._injected_any = False  # until then no host socket can exist in the sandbox
         self._epoll_fds = EpollFdCache()
+        self._pidfds = PidfdCache()
+        self._judged: dict[bytes, _Verdict] = {}
+        self._spare: dict[int, list[int]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        self._deferred_closes: list[int] = []
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rearmer = EpollRearmer()
         self._mediator = Mediator()
@@ -154,7 +188,11 @@ class Supervisor:
                 if self._pending:
                     nearest = min(p.deadline for p in self._pending.values())
                     timeout_ms = max(0, min(1000, int((nearest - time.monotonic()) * 1000) + 1))
-                for fd, ev in poller.poll(timeout_ms):
+                events = poller.poll(0) if self._deferred_closes else None
+                if not events:
+                    self._idle_work()
+                    events = poller.poll(timeout_ms)
+                for fd, ev in events:
                     if fd == self._stop_r:
                         return
                     if fd == self.listener:
@@ -178,14 +216,55 @@ class Supervisor:
             for p in self._pending.values():
                 self._drop_pending(p, errno.EINTR)
             self._pending.clear()
+            self._flush_closes()
+            for spares in self._spare.values():
+                self._deferred_closes += spares
+                spares.clear()
+            self._flush_closes()
             self._rearmer.close()
             self._mediator.close()
+            self._pidfds.close()
             for fd in (self._stop_r, self._stop_w, self.listener):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
             self._done.set()
+
+    def _defer_close(self, fd: int) -> None:
+        """Close ``fd`` when the loop is next idle (at once when too many are waiting).
+
+        Releasing the program's old namespace socket and our reference to the
+        installed host socket takes a while, and a program making connections
+        back to back would find the loop still busy with it.
+        """
+        self._deferred_closes.append(fd)
+        if len(self._deferred_closes) > MAX_DEFERRED_CLOSES:
+            self._flush_closes()
+
+    def _idle_work(self) -> None:
+        """Work kept off the callers' path, done when no notification is waiting."""
+        self._flush_closes()  # what the last bypasses left behind
+        if not self._injected_any:
+            return
+        for family, spares in list(self._spare.items()):
+            if not spares:  # a program that bypassed once will likely do it again
+                try:
+                    spares.append(abi.socket_raw(family, _HOST_SOCK_TYPE, socket.IPPROTO_TCP))
+                except OSError:
+                    del self._spare[family]  # e.g. no IPv6 on the host: stop trying
+
+    def _host_socket(self, family: int) -> int:
+        """A fresh host TCP socket (non-blocking, close-on-exec): a spare one made while idle, or new."""
+        spares = self._spare.get(family)
+        if spares:
+            return spares.pop()
+        return abi.socket_raw(family, _HOST_SOCK_TYPE, socket.IPPROTO_TCP)
+
+    def _flush_closes(self) -> None:
+        fds, self._deferred_closes = self._deferred_closes, []
+        for fd in fds:
+            os.close(fd)
 
     def _register_new_pending(self, poller: select.poll) -> None:
         for fd in self._new_pending:
@@ -235,43 +314,44 @@ class Supervisor:
 
     def _on_connect(self, notif: abi.Notification) -> None:
         fd = notif.args[0] & 0xFFFFFFFF
-        addr_ptr = notif.args[1]
         addrlen = notif.args[2] & 0xFFFFFFFF
         raw: bytes | None = None
         if 0 < addrlen <= MAX_SOCKADDR:
             try:
-                raw = abi.read_target_memory(notif.pid, addr_ptr, addrlen)
+                raw = abi.read_target_memory(notif.pid, notif.args[1], addrlen)
             except OSError:
                 raw = None
-        if not abi.notif_id_valid(self.listener, notif.id):  # after every read of target memory
-            self._count("stale")
-            return
         if raw is None or len(raw) != addrlen:
-            self._reply(notif, err=errno.EFAULT if addrlen else errno.EINVAL)
-            return
-        family = sockaddr_family(raw)
-        dest = parse_sockaddr(raw)
-        why_not = self._destination_not_bypassable(family, dest)
-        if why_not and not self._injected_any:
-            # fast path: no host socket exists in the sandbox, so this is the namespace's business
-            self._continue_in_namespace(notif, fd, family, dest, why_not)
-            return
-        try:
-            pidfd = open_pidfd(notif.pid)
-        except OSError:
-            self._count("stale")
-            return  # the thread is gone (killed): no one to answer
-        copy = -1
-        try:
-            if not abi.notif_id_valid(self.listener, notif.id):  # the pidfd names the blocked thread
+            if not abi.notif_id_valid(self.listener, notif.id):
                 self._count("stale")
                 return
-            try:
-                copy = abi.pidfd_getfd(pidfd, fd)
-            except OSError as exc:
-                self._reply(notif, err=exc.errno or errno.EBADF)
+            self._reply(notif, err=errno.EFAULT if addrlen else errno.EINVAL)
+            return
+        verdict = self._judge(raw)
+        family, dest, why_not = verdict.family, verdict.dest, verdict.why_not
+        if why_not and not self._injected_any:
+            # fast path: no host socket exists in the sandbox, so this is the namespace's business
+            if not abi.notif_id_valid(self.listener, notif.id):  # after every read of target memory
+                self._count("stale")
                 return
-            info = sockstate.inspect(copy)
+            self._continue_in_namespace(notif, fd, family, dest, why_not)
+            return
+        copy = -1
+        getfd_error = 0
+        try:
+            copy = self._pidfds.getfd(notif.pid, fd)
+        except OSError as exc:
+            getfd_error = exc.errno or errno.EBADF
+        try:
+            # one check covers both reads: the sockaddr came from, and the pidfd names, the
+            # blocked thread (see target.PidfdCache); nothing was acted on before it
+            if not abi.notif_id_valid(self.listener, notif.id):
+                self._count("stale")
+                return
+            if getfd_error:
+                self._reply(notif, err=getfd_error)
+                return
+            info, snap = sockstate.inspect_with_options(copy, not why_not)
             if info is None:
                 self._reply(notif, err=errno.ENOTSOCK)
                 return
@@ -287,13 +367,31 @@ class Supervisor:
                 else:
                     self._continue_in_namespace(notif, fd, family, dest, reason)
                 return
-            assert dest is not None
-            self._bypass(notif, fd, copy, info, dest)
+            assert dest is not None and snap is not None
+            self._bypass(notif, fd, copy, info, dest, verdict.sockaddr, snap)
             copy = -1  # handed over
         finally:
-            os.close(pidfd)
             if copy >= 0:
                 os.close(copy)
+
+    def _judge(self, raw: bytes) -> _Verdict:
+        """What our copy of a sockaddr means: family, destination, why not for a host socket.
+
+        A pure function of the bytes and the (immutable) policy, so it is
+        remembered by the bytes themselves: programs connect to the same few
+        destinations again and again.
+        """
+        hit = self._judged.get(raw)
+        if hit is not None:
+            return hit
+        family = sockaddr_family(raw)
+        dest = parse_sockaddr(raw)
+        sockaddr = dest.sockaddr() if dest is not None else b""
+        verdict = _Verdict(family, dest, self._destination_not_bypassable(family, dest), sockaddr)
+        if len(self._judged) >= MAX_JUDGED:
+            self._judged.clear()
+        self._judged[raw] = verdict
+        return verdict
 
     def _continue_in_namespace(
         self, notif: abi.Notification, fd: int, family: int | None, dest: Destination | None, reason: str
@@ -374,20 +472,28 @@ class Supervisor:
         return ""
 
     def _bypass(
-        self, notif: abi.Notification, fd: int, copy: int, info: sockstate.SocketInfo, dest: Destination
+        self,
+        notif: abi.Notification,
+        fd: int,
+        copy: int,
+        info: sockstate.SocketInfo,
+        dest: Destination,
+        sockaddr: bytes,
+        snap: sockstate.Snapshot,
     ) -> None:
-        nonblock = bool(fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK)
-        try:
-            cloexec = fd_cloexec(notif.pid, fd)
+        try:  # one fdinfo read: close-on-exec (only there) and the shared file's O_NONBLOCK
+            flags = fd_flags(notif.pid, fd)
         except OSError:
-            cloexec = False
-        snap = sockstate.snapshot(copy, info.domain)
+            flags = fcntl.fcntl(copy, fcntl.F_GETFL)  # and no close-on-exec
+        nonblock = bool(flags & os.O_NONBLOCK)
+        cloexec = bool(flags & abi.O_CLOEXEC_FDINFO)
         changes = sockstate.differing(snap, self.facts.pristine.get(info.domain), info.domain)
-        host = abi.socket_raw(info.domain, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 6)
-        failed = sockstate.apply(host, changes)
-        if failed:
-            log.debug("bypass: options not copied: %s", ",".join(failed))
-        err = abi.connect_raw(host, dest.sockaddr())
+        host = self._host_socket(info.domain)
+        if changes:
+            failed = sockstate.apply(host, changes)
+            if failed:
+                log.debug("bypass: options not copied: %s", ",".join(failed))
+        err = abi.connect_raw(host, sockaddr)
         if err not in (0, errno.EINPROGRESS):
             os.close(host)
             os.close(copy)
@@ -395,10 +501,10 @@ class Supervisor:
             self._log(notif, fd, dest, f"bypass-failed ({errno.errorcode.get(err, err)})")
             self._reply(notif, err=err)
             return
-        if err == errno.EINPROGRESS and not nonblock and _writable_now(host):
-            # loopback and other fast paths: the handshake already finished
-            err = abi.getsockopt_int(host, socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
+        if err == errno.EINPROGRESS and not nonblock:
+            # loopback and other fast paths: the handshake may already have finished
+            err = _connect_outcome(host)
+            if err not in (0, errno.EINPROGRESS):
                 os.close(host)
                 os.close(copy)
                 self._count("bypass_failed")
@@ -474,8 +580,8 @@ class Supervisor:
     ) -> None:
         """ADDFD the host socket at ``fd``, drop the old one, re-arm epoll, answer ``result``."""
         try:
-            if blocking:
-                fcntl.fcntl(host, fcntl.F_SETFL, fcntl.fcntl(host, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            if blocking:  # our socket: O_RDWR | O_NONBLOCK, and F_SETFL ignores the access mode
+                fcntl.fcntl(host, fcntl.F_SETFL, 0)
             regs = []
             if self.settings.epoll_rearm and self._epoll_seen:
                 epfds = self._epoll_fds.get(notif.pid)
@@ -501,9 +607,9 @@ class Supervisor:
             self._count("bypassed")
             self._log(notif, fd, dest, "bypass" if result == 0 else "bypass (EINPROGRESS)")
         finally:
-            os.close(host)
+            self._defer_close(host)
             if copy >= 0:
-                os.close(copy)
+                self._defer_close(copy)
 
     def _connect_host_socket(
         self,
@@ -585,38 +691,33 @@ class Supervisor:
     def _on_bind_listen(self, notif: abi.Notification) -> None:
         fd = notif.args[0] & 0xFFFFFFFF
         try:
-            pidfd = open_pidfd(notif.pid)
+            copy = self._pidfds.getfd(notif.pid, fd)
         except OSError:
-            self._count("stale")
-            return
+            copy = -1
         try:
-            if not abi.notif_id_valid(self.listener, notif.id):
+            if not abi.notif_id_valid(self.listener, notif.id):  # the copy is the blocked thread's
                 self._count("stale")
                 return
-            try:
-                copy = abi.pidfd_getfd(pidfd, fd)
-            except OSError:
+            if copy < 0:
                 self._reply(notif, cont=True)  # EBADF comes from the kernel
                 return
             try:
-                try:
-                    cookie = abi.netns_cookie(copy)
-                except OSError:
-                    cookie = 0
-                is_listen = notif.nr == abi.NR_X86_64["listen"]
-                if cookie == self.facts.host_cookie:
-                    self._count("host_refused")
-                    self._log(notif, fd, "listen" if is_listen else "bind", "refused (host socket)", logging.WARNING)
-                    self._reply(notif, err=errno.EINVAL)
-                    return
-                if is_listen and self._injected_any:
-                    # as for connect: never CONTINUE a listen once host sockets exist (fd swap race)
-                    backlog = notif.args[1] & 0xFFFFFFFF
-                    backlog = backlog - (1 << 32) if backlog & 0x80000000 else backlog
-                    self._reply(notif, err=abi.listen_raw(copy, backlog))
-                    return
-            finally:
-                os.close(copy)
+                cookie = abi.netns_cookie(copy)
+            except OSError:
+                cookie = 0
+            is_listen = notif.nr == abi.NR_X86_64["listen"]
+            if cookie == self.facts.host_cookie:
+                self._count("host_refused")
+                self._log(notif, fd, "listen" if is_listen else "bind", "refused (host socket)", logging.WARNING)
+                self._reply(notif, err=errno.EINVAL)
+                return
+            if is_listen and self._injected_any:
+                # as for connect: never CONTINUE a listen once host sockets exist (fd swap race)
+                backlog = notif.args[1] & 0xFFFFFFFF
+                backlog = backlog - (1 << 32) if backlog & 0x80000000 else backlog
+                self._reply(notif, err=abi.listen_raw(copy, backlog))
+                return
             self._reply(notif, cont=True)
         finally:
-            os.close(pidfd)
+            if copy >= 0:
+                os.close(copy)

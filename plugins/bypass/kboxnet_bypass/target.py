@@ -29,16 +29,76 @@ def tgid_of(tid: int) -> int:
 
 def open_pidfd(tid: int) -> int:
     """A pidfd usable with pidfd_getfd for thread ``tid`` (PIDFD_THREAD, else its thread group)."""
+    return _open_pidfd(tid)[0]
+
+
+def _open_pidfd(tid: int) -> tuple[int, bool]:
+    """(pidfd, is a thread pidfd) for thread ``tid``."""
     try:
-        return abi.pidfd_open(tid, abi.PIDFD_THREAD)
+        return abi.pidfd_open(tid, abi.PIDFD_THREAD), True
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
-    return abi.pidfd_open(tgid_of(tid))
+    return abi.pidfd_open(tgid_of(tid)), False
 
 
-def fd_cloexec(tid: int, fd: int) -> bool:
-    """The target's close-on-exec flag for ``fd`` (pidfd_getfd copies always say CLOEXEC)."""
+class PidfdCache:
+    """Thread pidfds by TID, kept across notifications: saves a pidfd_open/close per connect.
+
+    Why a kept pidfd still names the right thread: a pidfd refers to one
+    ``struct pid``, whose number never changes. While a task is attached to
+    it, no other live task can have that number; once its tasks are gone it
+    is never attached again (a later thread with the same TID gets a new
+    ``struct pid``), and ``pidfd_getfd`` on it fails with ESRCH, after which
+    the entry is reopened. So a copy taken through an entry for TID ``T``
+    comes from the task that had ``T`` at that moment; the caller's
+    ``NOTIF_ID_VALID`` afterwards proves that task is the blocked one, exactly
+    as for a freshly opened pidfd.
+
+    Only PIDFD_THREAD pidfds (Linux 6.9+) are kept. The fallback, a pidfd of
+    the thread *group* found through /proc, is not tied to the TID, so it is
+    opened for each use and closed by the caller (``getfd`` does that itself).
+    """
+
+    MAX_ENTRIES = 64  # each entry is an fd of the supervisor process
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+
+    def getfd(self, tid: int, fd: int) -> int:
+        """A copy of thread ``tid``'s ``fd`` (``pidfd_getfd``); raises OSError."""
+        pidfd = self._fds.get(tid)
+        if pidfd is not None:
+            try:
+                return abi.pidfd_getfd(pidfd, fd)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+            del self._fds[tid]  # that thread is gone: the TID was reused
+            os.close(pidfd)
+        pidfd, is_thread = _open_pidfd(tid)
+        if not is_thread:
+            try:
+                return abi.pidfd_getfd(pidfd, fd)
+            finally:
+                os.close(pidfd)
+        if len(self._fds) >= self.MAX_ENTRIES:
+            self.close()
+        self._fds[tid] = pidfd
+        return abi.pidfd_getfd(pidfd, fd)
+
+    def close(self) -> None:
+        for pidfd in self._fds.values():
+            os.close(pidfd)
+        self._fds.clear()
+
+
+def fd_flags(tid: int, fd: int) -> int:
+    """The ``flags:`` of the target's ``fd`` in fdinfo: the file's status flags plus O_CLOEXEC.
+
+    The only place where the target's close-on-exec flag can be read
+    (pidfd_getfd copies always say CLOEXEC); O_NONBLOCK comes with it.
+    """
     f = os.open(f"/proc/{tid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         text = os.read(f, 4096)
@@ -46,8 +106,8 @@ def fd_cloexec(tid: int, fd: int) -> bool:
         os.close(f)
     start = text.find(b"flags:")
     if start < 0:
-        return False
-    return bool(int(text[start + 6 :].split(None, 1)[0], 8) & abi.O_CLOEXEC_FDINFO)
+        raise OSError(errno.EINVAL, f"no flags in /proc/{tid}/fdinfo/{fd}")
+    return int(text[start + 6 :].split(None, 1)[0], 8)
 
 
 @attrs.frozen

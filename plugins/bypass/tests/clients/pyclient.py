@@ -264,8 +264,12 @@ def mode_mediated(allowed: int, workdir: str) -> dict:
     return res
 
 
-def mode_mediated_slow(allowed: int, port: int) -> dict:
-    """Blocking namespace connects that do not finish at once (peer link down, then up)."""
+def mode_mediated_slow(allowed: int, port: int, marker: str) -> dict:
+    """Blocking namespace connects that do not finish at once (peer link down, then up).
+
+    ``marker`` is created just before the slow connect; the test brings the link up
+    only after it appeared (so a slow start of this client cannot make it fast).
+    """
     import time
 
     res: dict = {"greeting": fetch(allowed)["data"]}  # a host socket now exists
@@ -276,6 +280,8 @@ def mode_mediated_slow(allowed: int, port: int) -> dict:
     res["sndtimeo_s"] = round(time.monotonic() - t0, 2)
     s.close()
     c = socket.socket()
+    with open(marker, "w"):
+        pass
     t0 = time.monotonic()
     c.connect(("10.99.0.2", port))  # completes once the peer link comes up (SYN retransmit)
     res["slow_s"] = round(time.monotonic() - t0, 2)

@@ -40,6 +40,8 @@ NR_SECCOMP = 317
 NR_PIDFD_OPEN = 434
 NR_PIDFD_GETFD = 438
 NR_PROCESS_VM_READV = 310
+NR_KCMP = 312
+KCMP_EPOLL_TFD = 7
 NR_X86_64 = {
     "socket": 41,
     "connect": 42,
@@ -246,6 +248,27 @@ class _IoVec(ctypes.Structure):
 
 _NR_VM, _ONE, _ZERO = _L(NR_PROCESS_VM_READV), _L(1), _L(0)
 _NR_GETFD = _L(NR_PIDFD_GETFD)
+_NR_KCMP, _KCMP_EPOLL_TFD = _L(NR_KCMP), _L(KCMP_EPOLL_TFD)
+_KCMP_SLOT = struct.Struct("=III")  # struct kcmp_epoll_slot: efd, tfd, toff
+
+
+def kcmp_epoll_tfd(pid: int, fd: int, epfd: int) -> int:
+    """``kcmp(KCMP_EPOLL_TFD)``: is task ``pid``'s ``fd`` registered as ``fd`` in its epoll ``epfd``?
+
+    Returns 0 when it is (the first item for that fd number is this file),
+    ENOENT when no item for that fd number exists, -1 when the first item is
+    another file, and another errno when kcmp cannot tell (no CONFIG_KCMP, no
+    access, ...).
+    """
+    try:
+        slot = _tls.kcmp
+    except AttributeError:
+        slot = _tls.kcmp = ctypes.create_string_buffer(_KCMP_SLOT.size)
+    _KCMP_SLOT.pack_into(slot, 0, epfd, fd, 0)
+    ret = _raw_syscall(_NR_KCMP, _L(pid), _L(pid), _KCMP_EPOLL_TFD, _L(fd), slot)
+    if ret < 0:
+        return ctypes.get_errno() or errno.EINVAL
+    return 0 if ret == 0 else -1
 
 
 def _vm_state() -> tuple:

@@ -149,6 +149,8 @@ def epoll_registrations(tid: int, fd: int, inode: int, epfds: list[int] | None =
     """Every epoll item (in ``epfds``, default: all epoll fds) watching (``fd``, ``inode``)."""
     regs: list[EpollRegistration] = []
     for epfd in epoll_fds(tid) if epfds is None else epfds:
+        if abi.kcmp_epoll_tfd(tid, fd, epfd) == errno.ENOENT:
+            continue  # one syscall instead of reading and parsing the epoll's fdinfo
         try:
             with open(f"/proc/{tid}/fdinfo/{epfd}") as fh:
                 text = fh.read()

@@ -134,3 +134,125 @@ def test_backend_registration():
     assert kboxnet_register_backends() == [HostBypassBackend]
     assert HostBypassBackend.name == "host-bypass" and HostBypassBackend.config_section == "bypass"
     assert HostBypassBackend.auto_select is False
+
+
+def test_kcmp_epoll_tfd_tells_registered_from_not():
+    import os
+    import select
+
+    watched, other = socket.socket(), socket.socket()
+    ep = select.epoll()
+    try:
+        ep.register(watched.fileno(), select.EPOLLIN)
+        got = abi.kcmp_epoll_tfd(os.getpid(), watched.fileno(), ep.fileno())
+        if got in (errno.ENOSYS, errno.EPERM):
+            pytest.skip(f"kcmp unavailable here ({errno.errorcode[got]}); the fdinfo is read instead")
+        assert got == 0
+        assert abi.kcmp_epoll_tfd(os.getpid(), other.fileno(), ep.fileno()) == errno.ENOENT
+    finally:
+        ep.close()
+        watched.close()
+        other.close()
+
+
+def test_fd_flags_from_fdinfo():
+    import os
+
+    from kboxnet_bypass.target import fd_flags
+
+    s = socket.socket()
+    try:
+        flags = fd_flags(os.getpid(), s.fileno())
+        assert flags & abi.O_CLOEXEC_FDINFO and not flags & os.O_NONBLOCK  # Python's default
+        s.setblocking(False)
+        s.set_inheritable(True)
+        flags = fd_flags(os.getpid(), s.fileno())
+        assert flags & os.O_NONBLOCK and not flags & abi.O_CLOEXEC_FDINFO
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_inspect_agrees_with_the_raw_path(family):
+    """The fast (borrowed socket object) inspection gives what the ctypes path gives."""
+    from kboxnet_bypass import sockstate
+
+    loop = "127.0.0.1" if family == socket.AF_INET else "::1"
+    try:
+        srv = socket.socket(family)
+        srv.bind((loop, 0))
+    except OSError:
+        pytest.skip("no loopback for this family")
+    srv.listen(1)
+    fresh, bound, conn = socket.socket(family), socket.socket(family), socket.socket(family)
+    bound.bind((loop, 0))
+    conn.connect(srv.getsockname())
+    fresh.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for sk, connected, is_bound in ((fresh, False, False), (bound, False, True), (conn, True, True),
+                                        (srv, False, True)):
+            info, snap = sockstate.inspect_with_options(sk.fileno(), True)
+            assert info == sockstate._inspect_raw(sk.fileno())
+            assert (info.connected, info.bound, info.domain) == (connected, is_bound, family)
+            assert snap == sockstate.snapshot(sk.fileno(), family)
+        with socket.socket(family) as pristine:
+            base = sockstate.snapshot(pristine.fileno(), family)
+        changed = sockstate.differing(sockstate.inspect_with_options(fresh.fileno(), True)[1], base, family)
+        assert [opt.label for opt, _ in changed] == ["TCP_NODELAY"]
+        assert sockstate.differing(base, base, family) == []
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        assert sockstate.inspect_with_options(udp.fileno(), True)[1] is None  # options only for TCP
+        udp.close()
+    finally:
+        for sk in (srv, fresh, bound, conn):
+            sk.close()
+
+
+def test_inspect_of_a_non_socket():
+    import os
+
+    from kboxnet_bypass import sockstate
+
+    r, w = os.pipe()
+    try:
+        assert sockstate.inspect_with_options(r, True) == (None, None)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_pidfd_cache_reopens_after_the_thread_is_gone():
+    import os
+    import threading
+
+    from kboxnet_bypass.target import PidfdCache
+
+    s = socket.socket()
+    cache = PidfdCache()
+    tid: list[int] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    ready.wait(10)
+    try:
+        copy = cache.getfd(tid[0], s.fileno())
+        assert os.fstat(copy).st_ino == os.fstat(s.fileno()).st_ino
+        os.close(copy)
+        kept = len(cache._fds)
+        done.set()
+        t.join()
+        if kept == 0:
+            pytest.skip("no PIDFD_THREAD on this kernel: nothing is kept")
+        with pytest.raises(OSError):  # the kept pidfd is dead (ESRCH), and so is the TID
+            cache.getfd(tid[0], s.fileno())
+        assert tid[0] not in cache._fds
+    finally:
+        done.set()
+        cache.close()
+        s.close()

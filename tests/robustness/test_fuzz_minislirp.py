@@ -1,13 +1,19 @@
 """Fuzzing minislirp's frame handling through a real session on a qemu stream link.
 
-Seeds are valid frames built with scapy (ARP, DHCP, DNS, UDP, TCP SYN/data/FIN/RST, ICMP); hypothesis
-mutates them (bit flips, truncation, extension, field splices) and throws them at a running session.
-Afterwards the same session must still answer DHCP and open a TCP connection to a host listener:
-malformed input is dropped and counted, never fatal.
+Seeds are valid frames built with scapy (ARP, DHCP, DNS, UDP, TCP SYN/data/FIN/RST, ICMP); each input
+is one seed mutated by up to eight bit flips, byte sets, truncations, extensions and field splices, thrown at
+a running session. Afterwards the same session must still answer DHCP and open a TCP connection to a host
+listener: malformed input is dropped and counted, never fatal.
+
+Hypothesis draws the seed frame and a 32-bit mutation seed; the mutations come from ``random.Random`` with
+that seed. Drawing every mutation through hypothesis shrinks better but costs about 4 ms per input against
+under 1 ms, which is the difference between the 1,000,000-input budget of ``tox -e fuzz`` taking 20 minutes
+or 90. A failure prints the two seeds, which reproduce the frame exactly (``mutate(random.Random(seed), frame)``).
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import tempfile
@@ -82,6 +88,7 @@ class Harness:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
+        self.listener.setblocking(False)  # drain() accepts and closes, so the backlog never fills
         self.port = self.listener.getsockname()[1]
         cfg = parse_config({"net": {"egress": {"allow": ["127.0.0.0/8"]}, "dns": ["127.0.0.1:9"]}},
                            {"minislirp": MinislirpBackend.config_model})
@@ -98,6 +105,13 @@ class Harness:
         self.sent = 0
 
     def drain(self) -> None:
+        """Discard what the session sent the guest, and accept and close what it connected to the listener."""
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                break
+            conn.close()
         self.guest.setblocking(False)
         try:
             while self.guest.recv(1 << 20):
@@ -138,35 +152,36 @@ def harness():
     h.close()
 
 
-def mutate(data: st.DataObject, frame: bytes) -> bytes:
+def mutate(rnd: random.Random, frame: bytes) -> bytes:
+    """Up to eight random edits of ``frame``; the result is a frame of 14..65535 bytes."""
     buf = bytearray(frame)
-    for _ in range(data.draw(st.integers(0, 8))):
-        op = data.draw(st.sampled_from(["flip", "set", "truncate", "extend", "splice"]))
+    for _ in range(rnd.randint(0, 8)):
+        op = rnd.choice(("flip", "set", "truncate", "extend", "splice"))
         if op == "flip" and buf:
-            i = data.draw(st.integers(0, len(buf) - 1))
-            buf[i] ^= 1 << data.draw(st.integers(0, 7))
+            buf[rnd.randrange(len(buf))] ^= 1 << rnd.randrange(8)
         elif op == "set" and buf:
-            i = data.draw(st.integers(0, len(buf) - 1))
-            buf[i] = data.draw(st.sampled_from([0, 0xFF, 0x7F, 0x80, 5, 15]))
+            buf[rnd.randrange(len(buf))] = rnd.choice((0, 0xFF, 0x7F, 0x80, 5, 15))
         elif op == "truncate":
-            del buf[data.draw(st.integers(14, max(14, len(buf)))) :]
+            del buf[rnd.randint(14, max(14, len(buf))) :]
         elif op == "extend":
-            buf += data.draw(st.binary(max_size=64))
+            buf += rnd.randbytes(rnd.randint(0, 64))
         elif op == "splice" and len(buf) > 16:
-            i = data.draw(st.integers(14, len(buf) - 2))
-            n = data.draw(st.integers(1, 4))
-            buf[i : i + n] = data.draw(st.binary(min_size=n, max_size=n))
+            i = rnd.randint(14, len(buf) - 2)
+            n = rnd.randint(1, 4)
+            buf[i : i + n] = rnd.randbytes(n)
     return bytes(buf[:65535]).ljust(14, b"\0")
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.data())
-def test_mutated_frames_never_break_the_session(harness, data):
-    seed = data.draw(st.sampled_from(harness.seeds))
-    harness.guest.sendall(framed(mutate(data, seed)))
+@given(seed_index=st.integers(0, 9), mutation_seed=st.integers(0, 2**32 - 1))
+def test_mutated_frames_never_break_the_session(harness, seed_index, mutation_seed):
+    seed = harness.seeds[seed_index % len(harness.seeds)]
+    harness.guest.sendall(framed(mutate(random.Random(mutation_seed), seed)))
     harness.sent += 1
     if harness.sent % 500 == 0:
         harness.drain()
+    if harness.sent % 100_000 == 0:
+        print(f"fuzz: {harness.sent} inputs", flush=True)
 
 
 def test_session_still_serves_dhcp_and_tcp_after_fuzzing(harness):

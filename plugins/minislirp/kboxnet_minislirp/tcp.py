@@ -13,6 +13,11 @@
   session) until the gap before them is filled: dropping them leaves the
   guest's loss recovery to retransmission timeouts that back off
   exponentially, and a flow of 1,000 concurrent ones then stalls for minutes.
+  They are reported with SACK (:mod:`.sack`) when the guest offers it, so
+  its RACK and tail-loss probes recover what the tap queue dropped.
+* What a short ``sendmsg()`` left over is kept the same way (it may include
+  data already SACKed, which must not be dropped) and written on
+  ``EPOLLOUT``, instead of waiting for the guest's retransmission timeout.
 * Window scaling and MSS are always negotiated; FIN/half-close and RST work
   both ways; dead flows time out.
 
@@ -34,6 +39,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from .checksum import big_sum, checksum
+from .sack import SACK_PERMITTED, sack_option
 from .wire import (
     HEADROOM,
     IPPROTO_TCP,
@@ -77,6 +83,17 @@ _I = struct.Struct("i")
 _LINGER0 = struct.pack("ii", 1, 0)
 _SYN_OPTS = struct.Struct("!BBHBBBB")  # MSS(2,4,mss) NOP WS(3,3,shift)
 
+
+class Kept(bytes):
+    """A copy of guest data that minislirp keeps (out of order, or left over by a short ``sendmsg()``).
+
+    Its own type tells a kept (and possibly SACKed, so never to be dropped) piece of pending data from
+    a view into a guest frame.
+    """
+
+    __slots__ = ()
+
+
 #: guest SYN seen, host connect() running / SYN-ACK sent / both sides up /
 #: host connection accepted on a forwarded port, SYN sent to the guest
 CONNECTING, SYN_ACK_SENT, ESTABLISHED, SOCK_ACCEPTED = 0, 1, 2, 3
@@ -91,7 +108,7 @@ class TcpFlow:
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
         "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq", "undiscarded", "keepalive",
-        "ooo", "ooo_len",
+        "ooo", "ooo_len", "ooo_recent", "sack_ok",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -133,13 +150,17 @@ class TcpFlow:
         self.pend_len = 0
         self.tmpl: tuple[bytes, int] | None = None
         #: out-of-order guest segments: seq -> (payload copy, FIN)
-        self.ooo: dict[int, tuple[bytes, int]] | None = None
+        self.ooo: dict[int, tuple[Kept, int]] | None = None
         self.ooo_len = 0
+        #: seq of the segment kept last (the first SACK block holds it)
+        self.ooo_recent = 0
+        #: both SYNs carried SACK-permitted: our ACKs report the kept segments
+        self.sack_ok = False
 
 
-def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int]:
-    """MSS (536 if absent) and window shift (-1 if absent) from a SYN's options."""
-    mss, ws = 536, -1
+def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int, bool]:
+    """MSS (536 if absent), window shift (-1 if absent) and SACK-permitted from a SYN's options."""
+    mss, ws, sack = 536, -1, False
     i = start
     while i < end:
         kind = frame[i]
@@ -157,8 +178,10 @@ def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int
             mss = (frame[i + 2] << 8) | frame[i + 3]
         elif kind == 3 and length == 3:
             ws = min(frame[i + 2], 14)
+        elif kind == 4 and length == 2:
+            sack = True
         i += length
-    return mss, ws
+    return mss, ws, sack
 
 
 class Tcp:
@@ -362,6 +385,8 @@ class Tcp:
                 self._drain_ooo(flow)
                 return
         if fin and not self._flush(flow):
+            if flow.sock is not None:  # the host socket is full: the FIN waits behind the kept rest
+                self._keep_ooo(flow, memoryview(b""), 0, 0, (exp + plen) & MASK, fin, force=True)
             return
         if fin:
             try:
@@ -377,30 +402,41 @@ class Tcp:
                 self._close(flow)
                 self.ack_due.discard(flow)
 
-    def _keep_ooo(self, flow: TcpFlow, frame: memoryview, off: int, end: int, seq: int, fin: int) -> None:
-        """Keep a copy of a segment that lies beyond a gap (within the window and the memory bounds)."""
+    def _keep_ooo(self, flow: TcpFlow, frame: memoryview, off: int, end: int, seq: int, fin: int,
+                  force: bool = False) -> bool:
+        """Keep a copy of a segment that lies beyond a gap (within the window and the memory bounds).
+
+        ``force``: data that was kept (and SACKed) before and came back unwritten from a short
+        ``sendmsg()``; it is within the bounds it was counted against then and must not be dropped.
+        Returns whether the segment is kept.
+        """
         plen = end - off
         ahead = (seq - flow.seq_from_tap) & MASK
         if not plen and not fin:
-            return
+            return False
         # not the window advertised now: it shrinks as the host socket fills, after the guest sent into it
-        if ahead + plen > MAX_WINDOW or flow.ooo_len + plen > OOO_FLOW_MAX \
-                or self.ooo_total + plen > OOO_TOTAL_MAX:
+        if not force and (ahead + plen > MAX_WINDOW or flow.ooo_len + plen > OOO_FLOW_MAX
+                          or self.ooo_total + plen > OOO_TOTAL_MAX):
             self.c["tcp.out_of_order_dropped"] += 1
-            return
+            return False
         ooo = flow.ooo
         if ooo is None:
             ooo = flow.ooo = {}
         old = ooo.get(seq)
         if old is not None:
             if len(old[0]) >= plen and old[1] >= fin:
-                return
+                return True
             flow.ooo_len -= len(old[0])
             self.ooo_total -= len(old[0])
-        ooo[seq] = (bytes(frame[off:end]), fin)
+        view = frame[off:end]
+        obj = view.obj
+        # a kept segment coming back whole from a short sendmsg() is not copied again
+        ooo[seq] = (obj if type(obj) is Kept and len(obj) == plen else Kept(view), fin)
         flow.ooo_len += plen
         self.ooo_total += plen
+        flow.ooo_recent = seq
         self.c["tcp.out_of_order_kept"] += 1
+        return True
 
     def _drain_ooo(self, flow: TcpFlow) -> None:
         """Feed kept segments that the data received so far has reached, in sequence order."""
@@ -412,7 +448,10 @@ class Tcp:
             exp = (flow.seq_from_tap + flow.pend_len) & MASK
             if (s - exp) & MASK < HALF and s != exp:
                 return  # another gap
-            data, fin = ooo.pop(s)
+            entry = ooo.pop(s, None)
+            if entry is None:
+                continue
+            data, fin = entry
             flow.ooo_len -= len(data)
             self.ooo_total -= len(data)
             self._data_from_tap(flow, memoryview(data), 0, len(data), s, fin, from_ooo=True)
@@ -439,16 +478,49 @@ class Tcp:
             self.c["tcp.host_send_error"] += 1
             self._reset(flow)
             return False
-        pend.clear()
+        seq = flow.seq_from_tap
         flow.pend_len = 0
-        flow.seq_from_tap = (flow.seq_from_tap + k) & MASK
+        flow.seq_from_tap = (seq + k) & MASK
         self.c["tcp.bytes_to_host"] += k
         if k < total:
             self.c["tcp.host_short_send"] += 1
+            self._keep_unsent(flow, pend, seq, k)
+            pend.clear()
             flow.force_ack = True
             flow.wnd_wait = True
             return False
+        pend.clear()
         return True
+
+    def _keep_unsent(self, flow: TcpFlow, pend: list[memoryview], seq: int, sent: int) -> None:
+        """Keep what a short ``sendmsg()`` left over, for EPOLLOUT: the guest need not retransmit it.
+
+        Data that was kept before (and possibly SACKed) is always kept again; fresh data from the guest's
+        frames only within the out-of-order bounds (else the guest retransmits it, as it did before any
+        was kept).
+        """
+        skip = sent
+        for view in pend:
+            n = len(view)
+            if skip >= n:
+                skip -= n
+                seq = (seq + n) & MASK
+                continue
+            part = view[skip:] if skip else view
+            seq = (seq + skip) & MASK
+            skip = 0
+            if self._keep_ooo(flow, part, 0, len(part), seq, 0, force=type(view.obj) is Kept):
+                self.c["tcp.unsent_kept"] += len(part)
+            seq = (seq + len(part)) & MASK
+
+    def _write_kept(self, flow: TcpFlow) -> None:
+        """The host socket has room again: write kept data that continues the stream (and a FIN behind it)."""
+        ooo = flow.ooo
+        if not ooo or flow.seq_from_tap not in ooo or flow.sock is None or flow.fin_from_tap:
+            return
+        self._drain_ooo(flow)
+        if flow.sock is not None and flow.pend:
+            self._flush(flow)
 
     def end_of_batch(self) -> None:
         """Drop acknowledged host data, write gathered guest data, send one ACK per flow."""
@@ -518,6 +590,9 @@ class Tcp:
                 self._sock_to_tap(flow)
         if ev & EPOLLOUT and flow.wnd_wait and flow.sock is not None and flow.state == ESTABLISHED:
             flow.wnd_wait = False
+            self._write_kept(flow)
+            if flow.sock is None:
+                return
             old = flow.wnd_to_tap
             self._update_window(flow)
             if flow.wnd_to_tap > old or flow.seq_ack_to_tap != flow.seq_from_tap:
@@ -674,6 +749,10 @@ class Tcp:
         """Send a segment without payload (ACK, FIN, RST, SYN-ACK) for ``flow``."""
         if flags & TCP_ACK and not flags & TCP_RST:
             flow.seq_ack_to_tap = flow.seq_from_tap
+            if flow.ooo and flow.sack_ok and not flags & TCP_SYN:
+                opts = sack_option(flow.ooo, flow.seq_from_tap, flow.ooo_recent)
+                if opts:
+                    self.c["tcp.sack_acks"] += 1
         self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport,
                           flow.seq_to_tap if seq is None else seq, flow.seq_from_tap, flags,
                           0 if flags & TCP_RST else min(flow.wnd_to_tap >> (0 if flags & TCP_SYN else flow.ws_to_tap),
@@ -708,13 +787,15 @@ class Tcp:
         mss = min(self._mss[flow.fam.l3_len], 65495)
         opts = _SYN_OPTS.pack(2, 4, mss, 1, 3, 3, flow.ws_to_tap) if flow.ws_to_tap \
             else _SYN_OPTS.pack(2, 4, mss, 1, 1, 1, 1)
+        if flow.sack_ok:
+            opts += SACK_PERMITTED
         self._send_ctl(flow, TCP_SYN | TCP_ACK, seq=isn, opts=opts)
         flow.rto_at = self.e.now + 1.0
 
     def _send_syn(self, flow: TcpFlow) -> None:
         """SYN to the guest for a connection accepted on a forwarded port (window scale always offered)."""
         isn = (flow.seq_to_tap - 1) & MASK
-        opts = _SYN_OPTS.pack(2, 4, min(self._mss[flow.fam.l3_len], 65495), 1, 3, 3, WS_TO_TAP)
+        opts = _SYN_OPTS.pack(2, 4, min(self._mss[flow.fam.l3_len], 65495), 1, 3, 3, WS_TO_TAP) + SACK_PERMITTED
         flow.wnd_to_tap = 65535
         self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport, isn, 0, TCP_SYN, 65535, opts)
         flow.rto_at = self.e.now + 1.0
@@ -723,7 +804,7 @@ class Tcp:
                       wnd: int) -> None:
         if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK or ack != flow.seq_to_tap:
             return
-        mss, ws = parse_syn_options(frame, l4 + 20, l4 + doff)
+        mss, ws, flow.sack_ok = parse_syn_options(frame, l4 + 20, l4 + doff)
         flow.mss = max(min(mss, self._mss[flow.fam.l3_len]), 64)
         if ws >= 0:
             flow.ws_from_tap = ws
@@ -803,7 +884,7 @@ class Tcp:
             c.drop("tcp_" + (target.refused or "not_unicast"))
             self._rst_raw(fam, p.dst, dport, p.src, sport, 0, (seq + 1) & MASK, TCP_RST | TCP_ACK)
             return
-        mss, ws = parse_syn_options(frame, opt_start, opt_end)
+        mss, ws, sack = parse_syn_options(frame, opt_start, opt_end)
         try:
             sock = socket.socket(target.af, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
@@ -817,6 +898,7 @@ class Tcp:
         flow.seq_from_tap = flow.seq_ack_to_tap = (seq + 1) & MASK
         flow.seq_to_tap = flow.seq_max = flow.seq_ack_from_tap = self._rand.getrandbits(32)
         flow.mss = max(min(mss, self._mss[flow.fam.l3_len]), 64)
+        flow.sack_ok = sack
         if ws >= 0:
             flow.ws_from_tap = ws
             flow.ws_to_tap = WS_TO_TAP
@@ -906,6 +988,13 @@ class Tcp:
                     else:
                         self._send_synack(flow)
                 continue
+            if flow.ooo and not flow.wnd_wait and flow.seq_from_tap in flow.ooo:
+                self._write_kept(flow)  # kept after a short sendmsg(), and no EPOLLOUT is pending
+                if flow.sock is None:
+                    continue
+                if flow.seq_ack_to_tap != flow.seq_from_tap:
+                    self._update_window(flow)
+                    self._send_ctl(flow, TCP_ACK)
             if flow.closing_since and now - max(flow.last, flow.closing_since) > st.tcp_fin_timeout:
                 self.c["tcp.fin_timeout"] += 1
                 self._reset(flow)

@@ -72,8 +72,9 @@ class Rig:
         self.link.sent.clear()
         return out
 
-    def connect(self, ws: int = 7) -> Ether:
-        self.send(self.frame("S", seq=ISN, options=[("MSS", 1460), ("WScale", ws)]))
+    def connect(self, ws: int = 7, sack: bool = False) -> Ether:
+        opts = [("MSS", 1460), ("WScale", ws)] + ([("NOP", None), ("NOP", None), ("SAckOK", b"")] if sack else [])
+        self.send(self.frame("S", seq=ISN, options=opts))
         (synack,) = self.pump(lambda f: f)
         assert synack[TCP].flags == "SA" and synack[TCP].ack == ISN + 1
         self.hseq = synack[TCP].seq + 1

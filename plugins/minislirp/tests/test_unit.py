@@ -215,9 +215,9 @@ def test_tcp_segment_for_unknown_flow_gets_rst(engine):
 def test_syn_option_parser():
     raw = bytes(TCP(options=[("NOP", None), ("MSS", 8960), ("SAckOK", b""), ("WScale", 9)]))
     mv = memoryview(raw)
-    assert parse_syn_options(mv, 20, len(raw)) == (8960, 9)
-    assert parse_syn_options(mv, 20, 20) == (536, -1)
-    assert parse_syn_options(memoryview(b"\x02\x04\x05"), 0, 3) == (536, -1)  # truncated
+    assert parse_syn_options(mv, 20, len(raw)) == (8960, 9, True)
+    assert parse_syn_options(mv, 20, 20) == (536, -1, False)
+    assert parse_syn_options(memoryview(b"\x02\x04\x05"), 0, 3) == (536, -1, False)  # truncated
 
 
 def _good_tcp():

@@ -49,6 +49,7 @@ MAX_SOCKADDR = 128
 MAX_JUDGED = 4096  # entries of the per-supervisor sockaddr -> decision cache
 _HOST_SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 MAX_DEFERRED_CLOSES = 32  # fds whose close waits for an idle moment (see Supervisor._defer_close)
+MAX_CLOSE_DELAY = 0.002  # seconds: a busy loop still closes them this soon
 
 
 @attrs.frozen
@@ -146,6 +147,7 @@ class Supervisor:
         self._judged: dict[bytes, _Verdict] = {}
         self._spare: dict[int, list[int]] = {socket.AF_INET: [], socket.AF_INET6: []}
         self._deferred_closes: list[int] = []
+        self._deferred_since = 0.0
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rearmer = EpollRearmer()
         self._mediator = Mediator()
@@ -192,6 +194,8 @@ class Supervisor:
                 if not events:
                     self._idle_work()
                     events = poller.poll(timeout_ms)
+                elif time.monotonic() - self._deferred_since > MAX_CLOSE_DELAY:
+                    self._flush_closes()  # never idle: do not keep host sockets open behind the program
                 for fd, ev in events:
                     if fd == self._stop_r:
                         return
@@ -238,6 +242,8 @@ class Supervisor:
         installed host socket takes a while, and a program making connections
         back to back would find the loop still busy with it.
         """
+        if not self._deferred_closes:
+            self._deferred_since = time.monotonic()
         self._deferred_closes.append(fd)
         if len(self._deferred_closes) > MAX_DEFERRED_CLOSES:
             self._flush_closes()

@@ -11,7 +11,7 @@ from pathlib import Path
 from .dns import query_a
 from .netns import Netns
 from .nsenter import call_in_netns
-from .ports import free_udp_port
+from .ports import free_tcp_udp_port
 from .procs import stop_process, wait_for
 
 
@@ -70,10 +70,27 @@ class Dnsmasq:
         args += [f"--address=/{domain}/{addr}" for domain, addr in self.addresses.items()]
         return args
 
-    def start(self, timeout: float = 5.0) -> Dnsmasq:
-        if not self.port:
-            ns = self.netns.name if self.netns else None
-            self.port = call_in_netns(ns, lambda: free_udp_port(self.listen))
+    def start(self, timeout: float = 5.0, tries: int = 5) -> Dnsmasq:
+        """Start and wait until it answers. A port picked here (``port`` 0) is released before
+        dnsmasq binds it; when another process takes it meanwhile (a busy machine), dnsmasq
+        exits with "Address already in use" and is started again on another port."""
+        fixed = bool(self.port)
+        ns = self.netns.name if self.netns else None
+        try:
+            for attempt in range(1 if fixed else tries):
+                if not fixed:
+                    self.port = call_in_netns(ns, lambda: free_tcp_udp_port(self.listen))
+                try:
+                    return self._start_once(timeout)
+                except RuntimeError as exc:
+                    if fixed or "Address already in use" not in str(exc) or attempt == tries - 1:
+                        raise
+            raise AssertionError("unreachable")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_once(self, timeout: float) -> Dnsmasq:
         prefix = self.netns.prefix() if self.netns else []
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen([*prefix, *self.argv()], stdout=log, stderr=subprocess.STDOUT)
@@ -82,7 +99,7 @@ class Dnsmasq:
         try:
             self._wait_answering(probe, timeout)
         except BaseException:
-            self.stop()  # never leave a dnsmasq behind when start-up fails
+            self._stop_process()  # never leave a dnsmasq behind when start-up fails
             raise
         return self
 
@@ -108,10 +125,13 @@ class Dnsmasq:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def _stop_process(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+
+    def stop(self) -> None:
+        self._stop_process()
         shutil.rmtree(self._logdir, ignore_errors=True)
 
     def __enter__(self) -> Dnsmasq:

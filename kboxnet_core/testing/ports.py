@@ -23,3 +23,19 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
     return free_port(socket.SOCK_DGRAM, host)
+
+
+def free_tcp_udp_port(host: str = "127.0.0.1", tries: int = 100) -> int:
+    """A port free for both TCP and UDP on ``host`` right now (dnsmasq binds both)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(tries):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError(f"no port free for both TCP and UDP on {host}")

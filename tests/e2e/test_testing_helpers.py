@@ -59,6 +59,24 @@ def test_dnsmasq_answers_test_domain_only(dnsmasq):
     assert "query[A] www.example.test" in dnsmasq.log()
 
 
+def test_dnsmasq_moves_to_another_port_when_its_port_was_taken(monkeypatch):
+    """The picked port is released before dnsmasq binds it; a busy machine can take it in between."""
+    import kboxnet_core.testing.dnsmasq as dnsmasq_mod
+    from kboxnet_core.testing.ports import free_tcp_udp_port
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(dnsmasq_mod, "free_tcp_udp_port", lambda host: next(picks, None) or free_tcp_udp_port(host))
+        with dnsmasq_mod.Dnsmasq() as dns:
+            assert dns.port != taken
+            assert dns.lookup("www.example.test") == ["10.0.2.2"]
+        with pytest.raises(RuntimeError, match="Address already in use"):
+            dnsmasq_mod.Dnsmasq(port=taken).start()  # a port the caller chose is not changed
+
+
 def test_dnsmasq_on_ipv6_loopback():
     from kboxnet_core.testing.dnsmasq import Dnsmasq
 

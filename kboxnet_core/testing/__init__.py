@@ -3,7 +3,7 @@
 - :class:`Netns`, :class:`HostNetns`: namespaces a test creates and removes.
 - :class:`Dnsmasq`: a loopback resolver that answers only test domains.
 - :class:`HttpFileServer`, :class:`UdpEchoServer`: loopback servers (any netns).
-- :func:`free_tcp_port`, :func:`free_udp_port`, :func:`udhcpc_script`.
+- :func:`free_tcp_port`, :func:`free_udp_port`, :func:`free_tcp_udp_port`, :func:`udhcpc_script`.
 - :mod:`kboxnet_core.testing.qemu`: the real-VM guest kit (IPv4 and IPv6 checks in one boot).
 - :mod:`kboxnet_core.testing.unprivileged`: run a command as nobody with a private 0666 tun
   node (root sets it up inside a private mount namespace; the machine is not changed).
@@ -14,7 +14,7 @@ from .dns import query_a
 from .dnsmasq import Dnsmasq
 from .netns import HostNetns, Netns, netns_supported, unique_name
 from .nsenter import bound_socket, call_in_netns
-from .ports import free_port, free_tcp_port, free_udp_port
+from .ports import free_port, free_tcp_port, free_tcp_udp_port, free_udp_port
 from .procs import stop_process, unix_socket_ready, wait_for
 from .servers import HttpFileServer, UdpEchoServer, generated_bytes
 from .udhcpc import udhcpc_script, write_udhcpc_script
@@ -29,6 +29,7 @@ __all__ = [
     "call_in_netns",
     "free_port",
     "free_tcp_port",
+    "free_tcp_udp_port",
     "free_udp_port",
     "generated_bytes",
     "netns_supported",

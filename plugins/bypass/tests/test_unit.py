@@ -224,6 +224,7 @@ def test_inspect_of_a_non_socket():
 def test_pidfd_cache_reopens_after_the_thread_is_gone():
     import os
     import threading
+    import time
 
     from kboxnet_bypass.target import PidfdCache
 
@@ -246,7 +247,10 @@ def test_pidfd_cache_reopens_after_the_thread_is_gone():
         os.close(copy)
         kept = len(cache._fds)
         done.set()
-        t.join()
+        t.join()  # the Python thread is finished; the kernel task may still be exiting
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/self/task/{tid[0]}") and time.monotonic() < deadline:
+            time.sleep(0.005)
         if kept == 0:
             pytest.skip("no PIDFD_THREAD on this kernel: nothing is kept")
         with pytest.raises(OSError):  # the kept pidfd is dead (ESRCH), and so is the TID

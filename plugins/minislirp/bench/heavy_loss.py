@@ -36,7 +36,7 @@ from kboxnet_core.testing.ports import free_tcp_port  # noqa: E402
 # (their state is then read on both sides), and "LATE" counts the flows that took longer than that
 UPLOAD = guest_tools.UPLOAD_FLOWS.replace(
     "done = ok = failed = 0\n",
-    "done = ok = failed = 0\nsnap = float(sys.argv[6])\nsnapped = False\nlate = 0\nt_first = time.monotonic()\n"
+    "done = ok = failed = 0\nsnap = float(sys.argv[7])\nsnapped = False\nlate = 0\nt_first = time.monotonic()\n"
 ).replace(
     "    writing = time.monotonic() < stop_at\n",
     "    writing = time.monotonic() < stop_at\n"
@@ -171,7 +171,7 @@ def _measure(port: int, n: int, qlen: int, seconds: float, limit: float, verbose
             if trace:
                 _trace(g.session.engine, history)
             proc = subprocess.Popen([*g.ns.prefix(), "sh", "-c", f"ulimit -n 8192; exec {sys.executable} -c "
-                                     f"'{UPLOAD}' 10.0.2.2 {port} {n} {seconds} {limit} {snap}"],
+                                     f"'{UPLOAD}' 10.0.2.2 {port} {n} {seconds} {limit} 0 {snap}"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             out = ""
             stuck_ports: list[int] = []

@@ -78,6 +78,12 @@ TURN_BYTES = 512 * 1024
 OOO_FLOW_MAX = 4 << 20
 OOO_TOTAL_MAX = 128 << 20
 NSLOTS = 64
+#: SYN / SYN-ACK retransmissions to the guest: after 1 s, doubling, 5 times (given up after 63 s, as Linux
+#: does with tcp_synack_retries = 5). A fixed 1 s gave up after 6 s: under heavy loss on the guest's tap
+#: queue, a guest that had its SYN-ACK and whose ACK and first data segments were all dropped saw its
+#: established connection reset.
+SYN_RTO = 1.0
+SYN_RETRIES = 5
 _H = struct.Struct("!H")
 _I = struct.Struct("i")
 _LINGER0 = struct.pack("ii", 1, 0)
@@ -790,7 +796,7 @@ class Tcp:
         if flow.sack_ok:
             opts += SACK_PERMITTED
         self._send_ctl(flow, TCP_SYN | TCP_ACK, seq=isn, opts=opts)
-        flow.rto_at = self.e.now + 1.0
+        flow.rto_at = self.e.now + SYN_RTO * (1 << flow.retries)
 
     def _send_syn(self, flow: TcpFlow) -> None:
         """SYN to the guest for a connection accepted on a forwarded port (window scale always offered)."""
@@ -798,7 +804,7 @@ class Tcp:
         opts = _SYN_OPTS.pack(2, 4, min(self._mss[flow.fam.l3_len], 65495), 1, 3, 3, WS_TO_TAP) + SACK_PERMITTED
         flow.wnd_to_tap = 65535
         self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport, isn, 0, TCP_SYN, 65535, opts)
-        flow.rto_at = self.e.now + 1.0
+        flow.rto_at = self.e.now + SYN_RTO * (1 << flow.retries)
 
     def _guest_synack(self, flow: TcpFlow, frame: memoryview, l4: int, doff: int, flags: int, seq: int, ack: int,
                       wnd: int) -> None:
@@ -972,7 +978,7 @@ class Tcp:
             if state == SOCK_ACCEPTED:
                 if now >= flow.rto_at:
                     flow.retries += 1
-                    if flow.retries > 5:
+                    if flow.retries > SYN_RETRIES:
                         self.c["tcp.syn_timeout"] += 1
                         self._close(flow, reset_host=True)
                     else:
@@ -982,7 +988,7 @@ class Tcp:
             if state == SYN_ACK_SENT:
                 if now >= flow.rto_at:
                     flow.retries += 1
-                    if flow.retries > 5:
+                    if flow.retries > SYN_RETRIES:
                         self.c["tcp.synack_timeout"] += 1
                         self._reset(flow)
                     else:

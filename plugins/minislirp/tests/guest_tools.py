@@ -106,8 +106,10 @@ print("DONE", done, "OK", ok, "FAILED", failed)
 UPLOAD_FLOWS = r"""
 import hashlib, selectors, socket, struct, sys, time
 host, port, n, seconds, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+min_bytes = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 CHUNK = 65536
-# every flow writes as fast as it can for `seconds`, then half-closes and waits for the sink reply "<bytes> <sha256>"
+# every flow writes as fast as it can for `seconds` (and at least `min_bytes`), then half-closes and waits for
+# the sink reply "<bytes> <sha256>"
 sel = selectors.DefaultSelector()
 for i in range(n):
     s = socket.socket()
@@ -135,7 +137,7 @@ while done < n and time.monotonic() < deadline:
                 continue
             st[5] += k
             if st[5] == len(st[4]):
-                if not writing:
+                if not writing and st[2] >= min_bytes:
                     s.shutdown(socket.SHUT_WR)
                     sel.modify(s, selectors.EVENT_READ, st)
                     continue

@@ -9,7 +9,8 @@ Same run, same topology, same kind of link, interleaved (hand, kboxnet, hand,
   direct mode, ``fixups="off"``); by hand: ``passt --fd`` on the same kind of
   socket with the same options.
 * ``tap``: a tap link. kboxnet relays it to passt (with the old-passt repairs
-  when they apply); by hand: the same relay class without repairs + passt.
+  when they apply, and the MTU capped for an old passt); by hand: a naive
+  relay (each batch in one ``sendmsg``) + passt at the MTU asked for.
 * ``stream-default``: a stream link with the default ``fixups="auto"``: on
   an old passt, kboxnet relays it (to repair the defects) while the passt
   by hand gets the socket directly; this is the price of the repairs.
@@ -47,15 +48,22 @@ from topo import PasstTopology  # noqa: E402
 
 from kboxnet_core.backend import NetnsTarget, SessionContext  # noqa: E402
 from kboxnet_core.bench import cpu  # noqa: E402
-from kboxnet_core.links.stream import StreamLink  # noqa: E402
+from kboxnet_core.links.stream import StreamLink, enlarge_socket_buffers  # noqa: E402
 from kboxnet_core.testing.udhcpc import write_udhcpc_script  # noqa: E402
 
 PORT = 5201
 
 
+class NaiveRelay(Relay):
+    """The relay as a user would write it (and as kboxnet's was before 2026-11-23): each batch
+    of frames in one ``sendmsg``, so passt may read a frame in pieces."""
+
+    max_write = 1 << 30
+
+
 class RelayThread:
-    def __init__(self, link, sock) -> None:
-        self.relay = Relay(link, sock)
+    def __init__(self, link, sock, naive: bool = False) -> None:
+        self.relay = (NaiveRelay if naive else Relay)(link, sock)
         self._r, self._w = os.pipe()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -150,12 +158,15 @@ class Setup:
                 link.socket.setblocking(True)
                 proc = PasstProcess(by_hand._argv_for_fd(fd), pass_fds=(fd,), name="passt-by-hand")
             else:
+                # a naive relay on a socketpair with 16 MiB buffers, and passt at the MTU asked for
                 ours, theirs = make_socketpair()
-                proc = PasstProcess(session._argv_for_fd(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                                    name="passt-by-hand")
+                enlarge_socket_buffers(ours, 16 << 20)
+                argv = list(session._argv_for_fd(theirs.fileno()))
+                argv[argv.index("--mtu") + 1] = str(self.mtu)
+                proc = PasstProcess(argv, pass_fds=(theirs.fileno(),), name="passt-by-hand")
                 theirs.close()
                 self.parts.insert(0, ours)
-                self.parts.insert(0, RelayThread(tap, ours))
+                self.parts.insert(0, RelayThread(tap, ours, naive=True))
             if not proc.wait_ready(10):
                 raise RuntimeError(proc.exit_description())
             self.parts.insert(0, proc)

@@ -12,13 +12,14 @@ Traffic stays inside namespaces created here (passt in a "host" namespace with a
 dead-end route, the sink on that namespace's loopback).
 
 Usage: python3 plugins/passt/bench/flowcheck.py [--runs 3] [--flows 100] [--bytes 2500000]
-       [--mtu 1500] [--time 60] [--hand]
+       [--mtu 1500] [--time 60] [--mode relay|pasta] [--hand] [--pcap PATH] [--tcpdump PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,12 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import attrs  # noqa: E402
 from kboxnet_passt.plugin import PasstBackend  # noqa: E402
 from kboxnet_passt.process import PasstProcess  # noqa: E402
 from kboxnet_passt.relay import Relay, make_socketpair  # noqa: E402
 from topo import PasstTopology  # noqa: E402
 
-from kboxnet_core.backend import SessionContext  # noqa: E402
+from kboxnet_core.backend import NetnsTarget, SessionContext  # noqa: E402
 from kboxnet_core.testing.udhcpc import write_udhcpc_script  # noqa: E402
 
 PEER = str(Path(__file__).resolve().parent / "flowcheck_peer.py")
@@ -67,9 +69,12 @@ def passt_syscall(root_pid: int) -> str:
 class HandRelay:
     """passt on a socketpair with the plain relay (no repairs), as in the iperf3 benchmark."""
 
-    def __init__(self, link, argv_for_fd) -> None:
+    def __init__(self, link, argv_for_fd, debug: bool = False) -> None:
         self.ours, theirs = make_socketpair()
-        self.proc = PasstProcess(argv_for_fd(theirs.fileno()), pass_fds=(theirs.fileno(),), name="passt-by-hand")
+        argv = list(argv_for_fd(theirs.fileno()))
+        if debug:  # passt's stderr goes to the log (see --passt-debug)
+            argv[argv.index("--quiet")] = "--debug"
+        self.proc = PasstProcess(argv, pass_fds=(theirs.fileno(),), name="passt-by-hand")
         theirs.close()
         if not self.proc.wait_ready(10):
             raise RuntimeError(self.proc.exit_description())
@@ -99,8 +104,13 @@ class HandRelay:
 def one_run(topo: PasstTopology, args: argparse.Namespace, script: Path, run: int) -> dict:
     tap = topo.open_tap(args.mtu)
     extra = ("--pcap", f"{args.pcap}.{run}") if args.pcap else ()
-    cfg = topo.config(mtu=args.mtu, extra_args=extra)
+    pasta = args.mode == "pasta"
+    cfg = topo.config(mtu=args.mtu, extra_args=extra, **({"mode": "pasta", "fixups": "off"} if pasta else {}))
     ctx = SessionContext(cfg, Path(tempfile.mkdtemp(prefix="kbn-passt-flows-")))
+    if pasta:  # configured like kboxnet run's namespace; pasta takes over from the tap
+        topo.guest.ip("addr", "add", "10.0.2.15/24", "dev", "tap0")
+        topo.guest.ip("route", "add", "default", "via", "10.0.2.2", "dev", "tap0")
+        ctx = attrs.evolve(ctx, netns=NetnsTarget(topo.guest.path, "tap0", os.getpid()))
     backend = PasstBackend()
     session = backend.open(tap, ctx)
     hand = None
@@ -112,20 +122,21 @@ def one_run(topo: PasstTopology, args: argparse.Namespace, script: Path, run: in
         if sink.stdout.readline().strip() != "listening":
             raise RuntimeError(f"sink did not start: {sink.stderr.read() if sink.stderr else ''}")
         if args.hand:
-            hand = HandRelay(tap, session._argv_for_fd)
+            hand = HandRelay(tap, session._argv_for_fd, debug=bool(args.passt_debug))
             pid = hand.proc.pid
         else:
             session.start()
             if not session.ready(10):
                 raise RuntimeError(f"session not ready: {session.wait(0)}")
             pid = session.pids()[0]
-        r = topo.guest_run(["busybox", "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "5", "-T", "1",
-                            "-s", str(script), "-O", "mtu"], timeout=20)
-        if r.returncode != 0:
-            raise RuntimeError(r.stdout + r.stderr)
+        if not pasta:
+            r = topo.guest_run(["busybox", "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "5", "-T", "1",
+                                "-s", str(script), "-O", "mtu"], timeout=20)
+            if r.returncode != 0:
+                raise RuntimeError(r.stdout + r.stderr)
         dump = None
         if args.tcpdump:
-            dump = subprocess.Popen([*topo.guest.prefix(), "tcpdump", "-i", "tap0", "-s", "128", "-U", "-w",
+            dump = subprocess.Popen([*topo.guest.prefix(), "tcpdump", "-i", "tap0p" if pasta else "tap0", "-s", "128", "-U", "-w",
                                      f"{args.tcpdump}.{run}", "tcp"], stderr=subprocess.PIPE)
             assert dump.stderr is not None
             dump.stderr.readline()  # "listening on tap0 ..."
@@ -168,12 +179,16 @@ def main() -> int:
     ap.add_argument("--bytes", type=int, default=2_500_000, help="bytes per flow")
     ap.add_argument("--mtu", type=int, default=1500)
     ap.add_argument("--time", type=float, default=60.0, help="bound of one run's transfer (s)")
+    ap.add_argument("--mode", choices=("relay", "pasta"), default="relay", help="[net.passt] mode of the session")
     ap.add_argument("--hand", action="store_true", help="plain relay + passt instead of the kboxnet session")
     ap.add_argument("--pcap", default="", help="passt writes a capture to PATH.RUN (its directory must be "
                     "writable for nobody)")
     ap.add_argument("--tcpdump", default="", help="capture the guest's tap0 (TCP headers) to PATH.RUN")
+    ap.add_argument("--passt-debug", default="", help="with --hand: run passt with --debug, its log to PATH")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    if args.passt_debug:
+        logging.basicConfig(filename=args.passt_debug, level=logging.INFO, format="%(relativeCreated)d %(message)s")
     results = []
     with PasstTopology("pflow") as topo:
         script = write_udhcpc_script(Path(tempfile.mkdtemp(prefix="kbn-passt-flows-")) / "udhcpc.sh")

@@ -92,6 +92,7 @@ def client(host: str, port: int, flows: int, nbytes: int, seconds: float, seed: 
     deadline = t0 + seconds
     sel = selectors.DefaultSelector()
     flows_state = []
+    errors: set[str] = set()
     for i in range(flows):
         s = socket.create_connection((host, port), timeout=max(1.0, deadline - time.monotonic()))
         s.setblocking(False)
@@ -110,8 +111,9 @@ def client(host: str, port: int, flows: int, nbytes: int, seconds: float, seed: 
                 n = st["sock"].send(piece)
             except BlockingIOError:
                 continue
-            except OSError:
+            except OSError as exc:
                 n = -1
+                errors.add(f"send: {exc}")
             if n < 0:
                 sel.unregister(st["sock"])
                 writing -= 1
@@ -159,7 +161,7 @@ def client(host: str, port: int, flows: int, nbytes: int, seconds: float, seed: 
     sent = sum(st["sent"] for st in flows_state)
     return {"flows": flows, "verified": ok, "mismatched": mismatched, "undelivered": undelivered,
             "stalled_while_writing": stalled_writing, "bytes_written": sent, "bytes_wanted": nbytes * flows,
-            "seconds": round(elapsed, 2), "written_s": round(written_s, 2),
+            "errors": sorted(errors)[:3], "seconds": round(elapsed, 2), "written_s": round(written_s, 2),
             "gbps": round(sent * 8 / elapsed / 1e9, 3)}
 
 

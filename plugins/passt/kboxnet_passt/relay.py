@@ -72,7 +72,12 @@ class Relay:
 
     Raises :class:`PasstClosed` when passt goes away and
     :class:`~kboxnet_core.links.base.LinkClosed` when the guest does.
+
+    :cvar max_write: bytes per write towards passt (:data:`ATOMIC_WRITE`; the
+        benchmark's naive reference relay raises it to write each batch at once).
     """
+
+    max_write = ATOMIC_WRITE
 
     def __init__(self, link: Link, sock: socket.socket, fixups: Fixups | None = None) -> None:
         self.link = link
@@ -98,7 +103,7 @@ class Relay:
 
     # -- guest -> passt -------------------------------------------------------------
     def _from_link(self) -> None:
-        link, fixups = self.link, self.fixups
+        link, fixups, max_write = self.link, self.fixups, self.max_write
         for _ in range(ROUNDS):
             if self._pending:
                 return
@@ -116,7 +121,7 @@ class Relay:
                         link.send_frame(reply)
                         continue
                 n = len(frame)
-                if total and total + 4 + n > ATOMIC_WRITE:
+                if total and total + 4 + n > max_write:
                     groups.append((parts, total))
                     parts, total = [], 0
                 if n > ATOMIC_FRAME:

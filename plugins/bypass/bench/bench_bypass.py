@@ -11,7 +11,10 @@
   mapped to host loopback).
 
 Traffic stays on loopback and in a namespace this script creates and removes.
-Usage: python3 plugins/bypass/bench/bench_bypass.py [--runs 5] [--seconds 5] [--connects 3000] [--json FILE]
+Usage: python3 plugins/bypass/bench/bench_bypass.py [--runs 5] [--seconds 5] [--connects 3000]
+       [--rounds 3] [--no-iperf] [--json FILE]
+To compare supervisor versions in one run, start it with PYTHONPATH pointing at another
+checkout's plugins/bypass for one of them (the clients are this script's).
 """
 
 from __future__ import annotations
@@ -71,11 +74,41 @@ def iperf_bps(text: str) -> float:
     return json.loads(text)["end"]["sum_received"]["bits_per_second"]
 
 
+def iperf_runs(netns: NetnsTarget, args: argparse.Namespace, procs: list[subprocess.Popen]) -> dict:
+    """iperf3 -c to a host server: native and through bypass, interleaved; medians."""
+    iport = free_port()
+    procs.append(subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iport)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.5)
+    client = ["iperf3", "-c", "127.0.0.1", "-p", str(iport), "-t", str(args.seconds), "-J"]
+    native, bypass = [], []
+    for i in range(args.runs):
+        order = ("native", "bypass") if i % 2 == 0 else ("bypass", "native")
+        for which in order:
+            if which == "native":
+                out = subprocess.run(client, capture_output=True, text=True, timeout=args.seconds + 30).stdout
+                native.append(iperf_bps(out))
+            else:
+                out, counters = bypassed(netns, client, [f"127.0.0.1:{iport}"], args.seconds + 30)
+                assert counters.get("bypassed", 0) >= 2, counters
+                bypass.append(iperf_bps(out))
+            time.sleep(0.5)
+    return {
+        "native_gbps": [round(x / 1e9, 2) for x in native],
+        "bypass_gbps": [round(x / 1e9, 2) for x in bypass],
+        "native_median_gbps": round(statistics.median(native) / 1e9, 2),
+        "bypass_median_gbps": round(statistics.median(bypass) / 1e9, 2),
+        "ratio": round(statistics.median(bypass) / statistics.median(native), 3),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connects", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=3, help="connect-latency rounds (medians over them)")
+    ap.add_argument("--no-iperf", action="store_true", help="connect latency only")
     ap.add_argument("--json")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -88,32 +121,9 @@ def main() -> int:
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         netns = NetnsTarget(f"/run/netns/{name}", "lo", 0)
-        # --- iperf3 ---
-        iport = free_port()
-        procs.append(subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iport)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(0.5)
-        client = ["iperf3", "-c", "127.0.0.1", "-p", str(iport), "-t", str(args.seconds), "-J"]
-        native, bypass = [], []
-        for i in range(args.runs):
-            order = ("native", "bypass") if i % 2 == 0 else ("bypass", "native")
-            for which in order:
-                if which == "native":
-                    out = subprocess.run(client, capture_output=True, text=True, timeout=args.seconds + 30).stdout
-                    native.append(iperf_bps(out))
-                else:
-                    out, counters = bypassed(netns, client, [f"127.0.0.1:{iport}"], args.seconds + 30)
-                    assert counters.get("bypassed", 0) >= 2, counters
-                    bypass.append(iperf_bps(out))
-                time.sleep(0.5)
-        results["iperf3"] = {
-            "native_gbps": [round(x / 1e9, 2) for x in native],
-            "bypass_gbps": [round(x / 1e9, 2) for x in bypass],
-            "native_median_gbps": round(statistics.median(native) / 1e9, 2),
-            "bypass_median_gbps": round(statistics.median(bypass) / 1e9, 2),
-            "ratio": round(statistics.median(bypass) / statistics.median(native), 3),
-        }
-        print("iperf3:", json.dumps(results["iperf3"]), flush=True)
+        if not args.no_iperf:
+            results["iperf3"] = iperf_runs(netns, args, procs)
+            print("iperf3:", json.dumps(results["iperf3"]), flush=True)
         # --- connect latency ---
         cport = free_port()
         server = ("import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
@@ -124,7 +134,7 @@ def main() -> int:
         n = str(args.connects)
         lat: dict[str, list[dict]] = {"native": [], "bypass": [], "ns_filter": [], "ns_mediated": [],
                                       "ns_nofilter": []}
-        for _ in range(3):
+        for _ in range(args.rounds):
             lat["native"].append(json.loads(subprocess.run(
                 [PY, PYCLIENT, "latency", "127.0.0.1", str(cport), n], capture_output=True, text=True).stdout))
             out, _c = bypassed(netns, [PY, PYCLIENT, "latency", "127.0.0.1", str(cport), n], [f"127.0.0.1:{cport}"])

@@ -320,8 +320,12 @@ def getsockopt_or_none(fd: int, level: int, opt: int, size: int) -> bytes | None
     return buf.raw[: ln.value]
 
 
-def borrow_socket(fd: int) -> _socket.socket | None:
+def borrow_socket(fd: int, detect: bool = False) -> _socket.socket | None:
     """A socket object on ``fd`` for fast getsockopt; the caller must ``detach()`` it.
+
+    With ``detect``, the object reads the socket's family, type and protocol
+    itself (``.family``, ``.type``, ``.proto``: one getsockname and two
+    getsockopt calls in C).
 
     The C type, not ``socket.socket``: its Python ``__init__`` costs more than
     the getsockopt calls it is borrowed for. Declared AF_INET6 whatever the
@@ -334,6 +338,8 @@ def borrow_socket(fd: int) -> _socket.socket | None:
     if socket.getdefaulttimeout() is not None:
         return None
     try:
+        if detect:
+            return _socket.socket(-1, -1, -1, fd)
         return _socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 0, fd)
     except OSError:  # ENOTSOCK (the constructor checks with getsockname): callers use the raw path
         return None

@@ -199,7 +199,7 @@ def inspect_with_options(fd: int, with_options: bool) -> tuple[SocketInfo | None
 
     One borrowed socket object serves both: this runs for every bypassed connect().
     """
-    sk = abi.borrow_socket(fd)
+    sk = abi.borrow_socket(fd, detect=True)
     if sk is None:
         info = _inspect_raw(fd)
         want = with_options and info is not None and info.is_tcp
@@ -213,14 +213,10 @@ def inspect_with_options(fd: int, with_options: bool) -> tuple[SocketInfo | None
         sk.detach()
 
 
-def _inspect_borrowed(sk: _socket.socket) -> SocketInfo | None:
+def _inspect_borrowed(sk: _socket.socket) -> SocketInfo:
+    """:func:`inspect` on a socket object made with ``borrow_socket(fd, detect=True)``."""
     get = sk.getsockopt
-    try:
-        domain = get(SOL_SOCKET, abi.SO_DOMAIN)
-    except OSError:
-        return None
-    type_ = get(SOL_SOCKET, abi.SO_TYPE)
-    proto = get(SOL_SOCKET, abi.SO_PROTOCOL)
+    domain, type_, proto = sk.family, sk.type, sk.proto
     try:
         cookie = _U64.unpack(get(SOL_SOCKET, abi.SO_NETNS_COOKIE, 8))[0]
     except (OSError, struct.error):

@@ -13,7 +13,10 @@ directory) and no connection (which would become passt's one client).
 No orphans: the child gets ``PR_SET_PDEATHSIG(SIGKILL)`` before exec, so it
 dies when the thread that spawned it dies (the session spawns from its own
 long-lived monitor thread for that reason) even if kboxnet is SIGKILLed;
-and with ``--fd`` passt also exits when its socket's peer closes.
+and with ``--fd`` passt also exits when its socket's peer closes. The
+second guarantee is the one that holds when kboxnet runs as root: passt
+then drops to ``nobody``, and the kernel clears the parent-death signal on
+any change of effective or filesystem uid/gid (prctl(2)).
 """
 
 from __future__ import annotations

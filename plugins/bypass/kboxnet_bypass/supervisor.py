@@ -700,18 +700,22 @@ class Supervisor:
             copy = self._pidfds.getfd(notif.pid, fd)
         except OSError:
             copy = -1
+        is_listen = notif.nr == abi.NR_X86_64["listen"]
         try:
             if not abi.notif_id_valid(self.listener, notif.id):  # the copy is the blocked thread's
                 self._count("stale")
                 return
             if copy < 0:
-                self._reply(notif, cont=True)  # EBADF comes from the kernel
+                if is_listen and self._injected_any:
+                    # no CONTINUE: a host socket could be dup2'ed onto the fd before the kernel looks
+                    self._reply(notif, err=errno.EBADF)
+                else:
+                    self._reply(notif, cont=True)  # EBADF comes from the kernel
                 return
             try:
                 cookie = abi.netns_cookie(copy)
             except OSError:
                 cookie = 0
-            is_listen = notif.nr == abi.NR_X86_64["listen"]
             if cookie == self.facts.host_cookie:
                 self._count("host_refused")
                 self._log(notif, fd, "listen" if is_listen else "bind", "refused (host socket)", logging.WARNING)

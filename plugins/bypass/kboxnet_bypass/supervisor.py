@@ -207,12 +207,14 @@ class Supervisor:
                     elif fd in self._pending:
                         poller.unregister(fd)
                         self._complete_pending(self._pending.pop(fd))
-                for fd in self._expire_pending():
-                    try:
-                        poller.unregister(fd)
-                    except KeyError:
-                        pass
-                self._register_new_pending(poller)
+                if self._pending:
+                    for fd in self._expire_pending():
+                        try:
+                            poller.unregister(fd)
+                        except KeyError:
+                            pass
+                if self._new_pending:
+                    self._register_new_pending(poller)
         except Exception:  # noqa: BLE001 - the supervisor must not die silently
             log.exception("bypass supervisor crashed")
             self._count("supervisor_crash")

@@ -6,15 +6,16 @@ passt builds, for stream links too (to repair their defects, see
 frames are taken from the link at a time; one ``recv_into`` from passt yields
 every complete frame in an 8 MiB buffer.
 
-**Frames reach passt's socket whole.** passt before 2024 (bookworm's
-2023_03_09) reads its socket in big non-blocking reads and completes a frame
+**Frames reach passt's socket whole.** Old passt (bookworm's 2023_03_09;
+every build without ``--map-host-loopback`` is treated alike) reads its socket in big non-blocking reads and completes a frame
 cut at the end of a read with *one* blocking ``recv()``: if that returns less
 than the rest of the frame, the frame and every frame of that read are
 dropped, and if a read ends inside a 4-byte length word those bytes are lost.
 Either way its stream is out of step from then on (it takes frame bytes for
 lengths, may block in ``recv()`` for bytes that never come, and every flow
-stalls). A reader of an AF_UNIX stream socket sees the data of one
-``sendmsg`` queued in pieces of at least 32 KiB (one skb each), so the relay
+stalls). The data of one AF_UNIX stream ``sendmsg`` is queued for the reader
+in skbs of up to about 36 KiB each, and the reader may read between two of
+them; a write of at most 32 KiB is one skb. So the relay
 
 * writes frames in groups of at most :data:`ATOMIC_WRITE` bytes, one
   ``sendmsg`` per group, each starting and ending on a frame boundary: every

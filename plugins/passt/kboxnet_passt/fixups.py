@@ -2,8 +2,9 @@
 
 Applied by the relay, only when the detected passt has the defects:
 
-* guest -> passt: an ICMP echo request to the gateway is answered here (as
-  minislirp does) instead of being sent out to the real network;
+* guest -> passt: an ICMP or ICMPv6 echo request to the gateway or the DNS
+  address is answered here (as minislirp does) instead of being sent out to
+  the real network;
   SYNs are remembered (for the RST repair); DNS queries to the DNS address
   are remembered by source port.
   A SYN-ACK answering passt's SYN (an inbound, forwarded connection) is
@@ -11,12 +12,16 @@ Applied by the relay, only when the detected passt has the defects:
   which the old passt only sends together with the first data from the
   host side (so the guest never accept()s when its side must speak first).
 * passt -> guest: a DNS reply coming from gateway:53 to a port that asked
-  the DNS address gets the DNS address as its source again; an RST without
+  the DNS address gets the DNS address as its source again (IPv6: a reply
+  from passt's link-local address to the guest's link-local address gets the
+  DNS address as its source and the query's source as its destination); an
+  RST without
   ACK answering a remembered SYN gets ``ACK = ISN + 1`` (Linux ignores an RST
   without ACK in SYN-SENT).
 
-Only IPv4 without options is touched; every other frame passes unchanged.
-The checks cost a few byte comparisons per frame.
+Only IPv4 without options and IPv6 without extension headers are touched;
+every other frame passes unchanged. The checks cost a few byte comparisons
+per frame.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ import ipaddress
 import struct
 
 ETH_IP4 = b"\x08\x00"
+ETH_IP6 = b"\x86\xdd"
 PROTO_ICMP = 1
+PROTO_ICMP6 = 58
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
+#: Ethernet + IPv6 header
+IP6_L4 = 54
 PROTO_TCP = 6
 PROTO_UDP = 17
 TCP_SYN = 0x02
@@ -57,12 +68,38 @@ def _pseudo(ip: bytearray | bytes, proto: int, length: int) -> int:
     return ones_sum(bytes(ip[26:34]) + struct.pack("!BBH", 0, proto, length))
 
 
+def _ipv6_header_ok(frame: memoryview | bytes) -> bool:
+    return len(frame) >= IP6_L4 + 8 and frame[12:14] == ETH_IP6 and frame[14] >> 4 == 6
+
+
+def _ipv6_payload_len(frame: memoryview | bytes) -> int | None:
+    """The IPv6 payload length, None when the frame is shorter than it says."""
+    length = struct.unpack_from("!H", frame, 18)[0]
+    return length if IP6_L4 + length <= len(frame) else None
+
+
+def _pseudo6(frame: bytearray | bytes, proto: int, length: int) -> int:
+    """Sum of the IPv6 pseudo-header (RFC 8200, 8.1) of an Ethernet frame."""
+    return ones_sum(bytes(frame[22:54]) + struct.pack("!IxxxB", length, proto))
+
+
+def _is_link_local6(addr: bytes | memoryview) -> bool:
+    return addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
+
+
 class Fixups:
     """Per-link state of the repairs (small bounded tables)."""
 
-    def __init__(self, gateway: ipaddress.IPv4Address, dns: ipaddress.IPv4Address) -> None:
+    def __init__(self, gateway: ipaddress.IPv4Address, dns: ipaddress.IPv4Address,
+                 gateway6: ipaddress.IPv6Address | None = None, dns6: ipaddress.IPv6Address | None = None) -> None:
         self.gateway = gateway.packed
         self.dns = dns.packed
+        #: IPv6 gateway and DNS address (None: passt runs without IPv6, no IPv6 repairs)
+        self.gateway6 = gateway6.packed if gateway6 is not None else None
+        self.dns6 = dns6.packed if dns6 is not None else None
+        self._echo6_targets = tuple(a for a in (self.gateway6, self.dns6) if a is not None)
+        #: guest port of a DNS query to ``dns6`` -> the query's source address
+        self._dns6_ports: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._syns: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._dns_ports: collections.OrderedDict[int, None] = collections.OrderedDict()
         #: passt's SYNs to the guest: (guest ip, remote ip, guest port, remote port) -> (ISN, window, wscale)
@@ -73,11 +110,15 @@ class Fixups:
         self.pings_answered = 0
         self.dns_rewritten = 0
         self.rsts_repaired = 0
+        self.pings6_answered = 0
+        self.dns6_rewritten = 0
 
     # -- guest -> passt ---------------------------------------------------------------
     def from_guest(self, frame: memoryview) -> bytes | None:
         """None to forward ``frame``; bytes: a reply for the guest (``frame`` is consumed)."""
         if not _ipv4_header_ok(frame):
+            if self._echo6_targets and _ipv6_header_ok(frame):
+                return self._from_guest6(frame)
             return None
         proto = frame[23]
         if proto == PROTO_TCP:
@@ -99,9 +140,38 @@ class Fixups:
                 if len(self._dns_ports) > MAX_TRACKED:
                     self._dns_ports.popitem(last=False)
             return None
-        if proto == PROTO_ICMP and len(frame) >= 42 and frame[34] == 8 and frame[30:34] == self.gateway:
+        if proto == PROTO_ICMP and len(frame) >= 42 and frame[34] == 8 and frame[30:34] in (self.gateway, self.dns):
             return self._echo_reply(frame)
         return None
+
+    def _from_guest6(self, frame: memoryview) -> bytes | None:
+        nexthdr = frame[20]
+        if nexthdr == PROTO_UDP:
+            if frame[38:54] == self.dns6 and frame[56:58] == b"\x00\x35":
+                port = struct.unpack_from("!H", frame, 54)[0]
+                self._dns6_ports[port] = bytes(frame[22:38])
+                self._dns6_ports.move_to_end(port)
+                if len(self._dns6_ports) > MAX_TRACKED:
+                    self._dns6_ports.popitem(last=False)
+            return None
+        if nexthdr == PROTO_ICMP6 and frame[IP6_L4] == ICMP6_ECHO_REQUEST and frame[38:54] in self._echo6_targets:
+            return self._echo6_reply(frame)
+        return None
+
+    def _echo6_reply(self, frame: memoryview) -> bytes | None:
+        length = _ipv6_payload_len(frame)
+        if length is None or length < 8:
+            return None  # truncated: let passt see it
+        out = bytearray(frame[: IP6_L4 + length])
+        out[0:6], out[6:12] = frame[6:12], frame[0:6]
+        out[22:38], out[38:54] = frame[38:54], frame[22:38]
+        out[21] = 64
+        out[IP6_L4] = ICMP6_ECHO_REPLY
+        out[IP6_L4 + 2 : IP6_L4 + 4] = b"\0\0"
+        csum = checksum(out[IP6_L4:], _pseudo6(out, PROTO_ICMP6, length))
+        out[IP6_L4 + 2 : IP6_L4 + 4] = struct.pack("!H", csum)
+        self.pings6_answered += 1
+        return bytes(out)
 
     def _complete_handshake(self, frame: memoryview) -> None:
         key = bytes(frame[26:38])  # guest ip, remote ip, guest port, remote port
@@ -143,6 +213,8 @@ class Fixups:
     def to_guest(self, frame: memoryview) -> bytes | None:
         """None to pass ``frame`` unchanged, else the repaired frame."""
         if not _ipv4_header_ok(frame):
+            if self._dns6_ports and _ipv6_header_ok(frame):
+                return self._to_guest6(frame)
             return None
         proto = frame[23]
         if proto == PROTO_UDP:
@@ -163,6 +235,24 @@ class Fixups:
                 if isn is not None:
                     return self._repair_rst(frame, isn)
         return None
+
+    def _to_guest6(self, frame: memoryview) -> bytes | None:
+        """A DNS reply passt sent from its link-local address: from the DNS address to the query's source."""
+        if frame[20] != PROTO_UDP or frame[54:56] != b"\x00\x35" or not _is_link_local6(frame[22:38]):
+            return None
+        port = struct.unpack_from("!H", frame, 56)[0]
+        source = self._dns6_ports.get(port)
+        length = _ipv6_payload_len(frame)
+        if source is None or length is None or length < 8 or self.dns6 is None:
+            return None
+        out = bytearray(frame)
+        out[22:38] = self.dns6
+        out[38:54] = source
+        out[IP6_L4 + 6 : IP6_L4 + 8] = b"\0\0"
+        csum = checksum(out[IP6_L4 : IP6_L4 + length], _pseudo6(out, PROTO_UDP, length))
+        out[IP6_L4 + 6 : IP6_L4 + 8] = struct.pack("!H", csum or 0xFFFF)
+        self.dns6_rewritten += 1
+        return bytes(out)
 
     def _remember_inbound(self, frame: memoryview) -> None:
         """passt's SYN to the guest: keep its ISN, window and window scale."""
@@ -215,4 +305,5 @@ class Fixups:
     def counters(self) -> dict[str, int]:
         return {"fixup_pings_answered": self.pings_answered, "fixup_dns_rewritten": self.dns_rewritten,
                 "fixup_rsts_repaired": self.rsts_repaired,
-                "fixup_handshakes_completed": self.handshakes_completed}
+                "fixup_handshakes_completed": self.handshakes_completed,
+                "fixup_pings6_answered": self.pings6_answered, "fixup_dns6_rewritten": self.dns6_rewritten}

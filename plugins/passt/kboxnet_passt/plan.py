@@ -30,6 +30,7 @@ class Plan:
     :ivar relay_fixups: the relay must repair the passt build's defects.
     :ivar mtu: the MTU passt offers the guest (``[net] mtu``, or less, see
         :data:`~kboxnet_passt.quirks.RELAY_MTU_LIMIT`).
+    :ivar ipv6: passt is given the IPv6 profile (else ``-4``).
     """
 
     args: tuple[str, ...]
@@ -37,6 +38,12 @@ class Plan:
     warnings: tuple[str, ...] = ()
     relay_fixups: bool = False
     mtu: int = 1500
+    ipv6: bool = False
+
+
+def without_ipv6_quirks(quirks: Quirks) -> Quirks:
+    """``quirks`` for a passt running with ``-4`` (its IPv6 defects do not matter)."""
+    return attrs.evolve(quirks, gateway_ping6_unmapped=False, dns6_reply_link_local=False)
 
 
 def loopback_denied(net: NetConfig) -> bool:
@@ -123,7 +130,10 @@ def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool,
     args: list[str] = ["--mtu", str(mtu),
                        "--address", str(v4.address), "--netmask", str(v4.prefix_len),
                        "--gateway", str(v4.gateway)]
-    if net.ipv6.enabled and info.has("ipv6-only"):
+    ipv6 = net.ipv6.enabled and info.has("ipv6-only")
+    if not ipv6:
+        quirks = without_ipv6_quirks(quirks)
+    if ipv6:
         v6 = net.ipv6
         args += ["--address", str(v6.address), "--gateway", str(v6.gateway), "--dns", str(v6.dns)]
         if info.has("dns-forward"):
@@ -157,6 +167,10 @@ def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool,
                     args.append("--no-icmp")
                 warnings.append("ICMP disabled: this passt would send guest pings to the gateway address "
                                 "out to the network")
+                if ipv6:
+                    warnings.append("IPv6 will not work: this passt's --no-icmp also turns off NDP "
+                                    "(router advertisements, neighbour discovery)")
             warnings += [f"unrepaired passt defect: {text}" for text in attrs.evolve(
-                quirks, gateway_ping_unmapped=False, partial_frames_dropped=False).describe()]
-    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups, mtu)
+                quirks, gateway_ping_unmapped=False, gateway_ping6_unmapped=False,
+                partial_frames_dropped=False).describe()]
+    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups, mtu, ipv6)

@@ -14,7 +14,7 @@ from kboxnet_core.links.base import Link
 
 from .detect import BinaryInfo, inspect_binary, resolve_binary
 from .fixups import Fixups
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, without_ipv6_quirks
 from .quirks import Quirks, quirks_for
 from .session import PasstSession
 from .settings import PasstSettings
@@ -90,9 +90,16 @@ class PasstBackend(Backend):
                 argv, config.net.ipv4.gateway, config.net.ipv4.address))
             if not result.ok:
                 return Availability.no(result.reason, result.hint, version=version)
+            notes = result.notes if plan.ipv6 else ()
+        else:
+            notes = ()
         reason = f"passt {version} at {info.path}"
+        if not plan.ipv6:
+            quirks = without_ipv6_quirks(quirks)
         if quirks.any:
             reason += "; old build, repaired in the relay: " + ", ".join(quirks.describe())
+        for note in notes:
+            reason += f"; {note}"
         return Availability.yes(PRIORITY, reason, version=version)
 
     @staticmethod
@@ -146,12 +153,17 @@ class PasstBackend(Backend):
 
             return PastaSession(link, ctx, settings, info, plan)
         net = ctx.config.net
-        fixups = Fixups(net.ipv4.gateway, net.ipv4.dns) if plan.relay_fixups else None
+        fixups = None
+        if plan.relay_fixups:
+            v6 = net.ipv6 if plan.ipv6 else None
+            fixups = Fixups(net.ipv4.gateway, net.ipv4.dns, v6.gateway if v6 else None, v6.dns if v6 else None)
+            if not plan.ipv6:
+                quirks = without_ipv6_quirks(quirks)
         if fixups is not None:
             log.info("passt %s: repairing in the relay: %s", info.version, ", ".join(quirks.describe()))
         guest_mtu = plan.mtu if mode == "relay" and link.kind == "tap" else None
         return PasstSession(link, ctx, self._argv_factory(settings, info.path, plan), mode, fixups,
-                            settings.ready_timeout, guest_mtu)
+                            settings.ready_timeout, guest_mtu, ipv6=plan.ipv6)
 
 
 @hookimpl

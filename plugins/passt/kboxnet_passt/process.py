@@ -30,7 +30,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ _prctl = _libc.prctl
 STDERR_LINES = 20
 #: lines passt 2023 prints on every start when there is no /dev/log (noise)
 _NOISE = ("Failed to send", "Don't run as root", "Started as root")
+#: printed by passt (all releases to date) when the host has no IPv6 default route: it then
+#: turns IPv6 off for the guest (no router advertisement, no DHCPv6), whatever the options say
+IPV6_OFF = "No external routable interface for IPv6"
+IPV6_OFF_WARNING = ("the guest gets no IPv6 although [net.ipv6] is enabled: passt found no IPv6 default "
+                    "route on the host (\"No external routable interface for IPv6\") and turned IPv6 off")
 
 
 def _make_preexec(parent: int):
@@ -68,11 +73,15 @@ class PasstProcess:
 
     Create it from the thread that should own the child (PDEATHSIG is tied
     to the spawning thread).
+
+    :param on_line: called (in the stderr reader thread) with each line passt prints, noise excluded.
     """
 
-    def __init__(self, argv: Sequence[str], pass_fds: Sequence[int] = (), name: str = "passt") -> None:
+    def __init__(self, argv: Sequence[str], pass_fds: Sequence[int] = (), name: str = "passt",
+                 on_line: Callable[[str], None] | None = None) -> None:
         self.argv = list(argv)
         self.name = name
+        self._on_line = on_line
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, pass_fds=tuple(pass_fds), close_fds=True,
@@ -90,6 +99,8 @@ class PasstProcess:
                 continue
             self.tail.append(line)
             log.info("%s[%d]: %s", self.name, self.pid, line)
+            if self._on_line is not None:
+                self._on_line(line)
         self.proc.stderr.close()
 
     def poll(self) -> int | None:

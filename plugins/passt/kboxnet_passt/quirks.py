@@ -20,6 +20,12 @@ Measured with Debian bookworm's passt (0.0~git20230309, see the team notes
    :mod:`kboxnet_passt.relay`); frames too big for one atomic write
    (MTU above :data:`RELAY_MTU_LIMIT`) cannot be protected, so the MTU offered
    to such a passt on a relayed link is capped.
+6. IPv6 twins of 1 and 2 (measured by the QEMU e2e test): an ICMPv6 echo to
+   the IPv6 gateway leaves through the host's IPv6 default route; the reply
+   to a DNS query for the IPv6 DNS address comes from passt's link-local
+   address to the guest's link-local address (``udp_update_hdr6()`` matches
+   it against ``dns_host``, which stays ``::`` when ``-D`` is given, so the
+   reply from ``::1`` takes the "local" branch), and the guest drops it.
 
 These releases predate the 2024_08_21 address-mapping rework, which also
 added ``--map-host-loopback``. The backend therefore treats a passt that
@@ -47,12 +53,15 @@ class Quirks:
     rst_without_ack: bool = False
     inbound_handshake_incomplete: bool = False
     partial_frames_dropped: bool = False
+    gateway_ping6_unmapped: bool = False
+    dns6_reply_link_local: bool = False
 
     @property
     def any(self) -> bool:
         """Any defect the relay's repairs (``fixups``) are for."""
         return (self.gateway_ping_unmapped or self.dns_reply_from_gateway or self.rst_without_ack
-                or self.inbound_handshake_incomplete)
+                or self.inbound_handshake_incomplete or self.gateway_ping6_unmapped
+                or self.dns6_reply_link_local)
 
     def describe(self) -> list[str]:
         out = []
@@ -64,6 +73,10 @@ class Quirks:
             out.append("refused connections hang (RST without ACK)")
         if self.inbound_handshake_incomplete:
             out.append("forwarded connections stall until the host side sends (no final handshake ACK)")
+        if self.gateway_ping6_unmapped:
+            out.append("IPv6 pings to the gateway leave through the host's IPv6 default route")
+        if self.dns6_reply_link_local:
+            out.append("IPv6 DNS replies come from passt's link-local address to the guest's")
         if self.partial_frames_dropped:
             out.append("frames reaching its socket in pieces are dropped and its stream goes out of step")
         return out
@@ -72,4 +85,5 @@ class Quirks:
 def quirks_for(info: BinaryInfo) -> Quirks:
     legacy = not info.has("map-host-loopback")
     return Quirks(gateway_ping_unmapped=legacy, dns_reply_from_gateway=legacy, rst_without_ack=legacy,
-                  inbound_handshake_incomplete=legacy, partial_frames_dropped=legacy)
+                  inbound_handshake_incomplete=legacy, partial_frames_dropped=legacy,
+                  gateway_ping6_unmapped=legacy, dns6_reply_link_local=legacy)

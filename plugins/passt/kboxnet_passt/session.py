@@ -29,7 +29,7 @@ from kboxnet_core.links.base import Link, LinkClosed
 from kboxnet_core.netns import entered_netns, set_link
 
 from .fixups import Fixups
-from .process import PasstProcess
+from .process import IPV6_OFF, IPV6_OFF_WARNING, PasstProcess
 from .relay import PasstClosed, Relay, make_socketpair
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,14 @@ class PasstSession(PasstProcessSession):
         :data:`~kboxnet_passt.quirks.RELAY_MTU_LIMIT`): the guest interface of a
         ``kboxnet run`` namespace (``ctx.netns``) is set to it for the session's
         lifetime and restored afterwards, so the next backend gets the MTU asked for.
+    :param ipv6: passt was given the IPv6 profile: when it says it turned IPv6 off (no IPv6
+        default route on the host), that is logged as a warning and counted
+        (``passt_ipv6_off`` = 1).
     """
 
     def __init__(self, link: Link, ctx: SessionContext, argv_for_fd: Callable[[int], Sequence[str]],
                  mode: str, fixups: Fixups | None = None, ready_timeout: float = 5.0,
-                 guest_mtu: int | None = None) -> None:
+                 guest_mtu: int | None = None, ipv6: bool = False) -> None:
         if mode not in ("direct", "relay"):
             raise ValueError(f"unknown mode {mode!r}")
         super().__init__()
@@ -104,16 +107,27 @@ class PasstSession(PasstProcessSession):
         self._ready_timeout = ready_timeout
         self._relay: Relay | None = None
         self._guest_mtu = guest_mtu if ctx.netns is not None and guest_mtu != ctx.config.net.mtu else None
+        self._ipv6 = ipv6
+        #: passt turned IPv6 off although it was given the IPv6 profile
+        self.ipv6_off = False
         self.argv: list[str] = []
 
     def counters(self) -> Mapping[str, int]:
-        return self._relay.counters() if self._relay is not None else {}
+        out = dict(self._relay.counters()) if self._relay is not None else {}
+        if self._ipv6:
+            out["passt_ipv6_off"] = int(self.ipv6_off)
+        return out
+
+    def _on_stderr(self, line: str) -> None:
+        if self._ipv6 and not self.ipv6_off and IPV6_OFF in line:
+            self.ipv6_off = True
+            log.warning("passt: %s", IPV6_OFF_WARNING)
 
     def _spawn(self, fd: int) -> PasstProcess:
         self.argv = list(self._argv_for_fd(fd))
         log.info("starting passt (%s mode, attempt %d): %s", self.mode, self.ctx.attempt + 1,
                  shlex.join(self.argv))
-        proc = PasstProcess(self.argv, pass_fds=(fd,))
+        proc = PasstProcess(self.argv, pass_fds=(fd,), on_line=self._on_stderr)
         self._proc = proc
         return proc
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from .process import PasstProcess
+from .process import IPV6_OFF, IPV6_OFF_WARNING, PasstProcess
 from .relay import make_socketpair
 
 TTL = 600.0
@@ -41,6 +41,8 @@ class StartupResult:
     reason: str
     hint: str = ""
     elapsed: float = 0.0
+    #: what a working passt said that the user should know (e.g. that it turned IPv6 off)
+    notes: tuple[str, ...] = ()
 
 
 def arp_request(src_ip: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> bytes:
@@ -109,7 +111,14 @@ def run_startup_probe(argv_for_fd: Callable[[int], Sequence[str]], gateway: ipad
             status = proc.exit_description() if proc.poll() is not None else "no reply"
             return StartupResult(False, f"passt started but did not answer ARP for {gateway}: {status}",
                                  elapsed=time.monotonic() - t0)
-        return StartupResult(True, "start-up probe passed", elapsed=time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        # passt prints its start-up messages before it is ready; once it has exited (its socket's
+        # peer closed), the stderr reader has seen all of them
+        ours.close()
+        proc.wait(2.0)
+        proc.stderr_text()
+        notes = (IPV6_OFF_WARNING,) if any(IPV6_OFF in line for line in proc.tail) else ()
+        return StartupResult(True, "start-up probe passed", elapsed=elapsed, notes=notes)
     finally:
         ours.close()
         if proc is not None:

@@ -210,7 +210,8 @@ def _measure(port: int, n: int, qlen: int, seconds: float, limit: float, verbose
                 print(f"  history of {p} (SYN-ACK sent again):")
                 for ln in history.get(p, [])[:40]:
                     print("    ", ln)
-            for p in stuck_ports[:3]:
+            left = {k[1] for k in g.session.engine.tcp.flows}
+            for p in [p for p in stuck_ports if p in left][:3] or stuck_ports[:3]:
                 print(f"  history of {p}:")
                 for ln in history.get(p, [])[-60:]:
                     print("    ", ln)

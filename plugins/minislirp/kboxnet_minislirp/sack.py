@@ -8,6 +8,11 @@ backoff). Under heavy loss on the guest's tap queue, flows then stall for
 tens of seconds. With SACK the guest's RACK/TLP recover such losses within
 a few round trips.
 
+Duplicates are reported with D-SACK (RFC 2883): with SACK the guest sends
+tail-loss probes when an ACK is late (minislirp is a Python loop on a shared
+CPU), and without D-SACK it takes every needless probe for a repaired loss
+and reduces its congestion window.
+
 SACK must be truthful: a block covers only data the flow keeps
 (``TcpFlow.ooo``) until it is written to the host socket, never data that is
 dropped later (that would be reneging, which Linux answers with a
@@ -43,21 +48,30 @@ def ranges(ooo: dict[int, tuple[bytes, int]], ack: int) -> list[tuple[int, int]]
     return merged
 
 
-def sack_option(ooo: dict[int, tuple[bytes, int]], ack: int, recent: int) -> bytes:
-    """NOP NOP SACK with up to :data:`MAX_BLOCKS` blocks, or b"" when nothing is held beyond ``ack``.
+def sack_option(ooo: dict[int, tuple[bytes, int]], ack: int, recent: int,
+                dsack: tuple[int, int] | None = None) -> bytes:
+    """NOP NOP SACK with up to :data:`MAX_BLOCKS` blocks, or b"" when there is nothing to report.
 
-    The first block is the one holding ``recent`` (the segment that caused this ACK, RFC 2018 4.);
-    the others follow nearest to the ACK number first (the holes the guest should fill next).
+    ``dsack`` (start, end): duplicate data just received, reported first (a D-SACK block, RFC 2883:
+    the guest learns that a retransmission, typically its tail-loss probe, was not needed). Then the
+    block holding ``recent`` (the segment that caused this ACK, RFC 2018 4.), then the others nearest
+    to the ACK number first (the holes the guest should fill next).
     """
     spans = ranges(ooo, ack)
-    if not spans:
+    blocks: list[tuple[int, int]] = []
+    if dsack is not None:
+        blocks.append(dsack)
+    if spans:
+        at = (recent - ack) & MASK
+        first = next((i for i, (s, e) in enumerate(spans) if s <= at < e), 0)
+        blocks += [((ack + s) & MASK, (ack + e) & MASK)
+                   for s, e in (spans[first], *spans[:first], *spans[first + 1:])]
+    if not blocks:
         return b""
-    at = (recent - ack) & MASK
-    first = next((i for i, (s, e) in enumerate(spans) if s <= at < e), 0)
-    order = [spans[first], *spans[:first], *spans[first + 1:]][:MAX_BLOCKS]
+    blocks = blocks[:MAX_BLOCKS]
     out = bytearray(b"\x01\x01\x05")
-    out.append(2 + 8 * len(order))
-    for start, end in order:
-        out += ((ack + start) & MASK).to_bytes(4, "big")
-        out += ((ack + end) & MASK).to_bytes(4, "big")
+    out.append(2 + 8 * len(blocks))
+    for start, end in blocks:
+        out += start.to_bytes(4, "big")
+        out += end.to_bytes(4, "big")
     return bytes(out)

@@ -114,7 +114,7 @@ class TcpFlow:
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "wnd_to_tap", "mss", "readable", "eof",
         "fin_to_tap", "fin_acked", "fin_from_tap", "dup_acks", "rto_at", "retries", "last",
         "created", "force_ack", "wnd_wait", "closing_since", "pend", "pend_len", "tmpl", "fin_seq", "undiscarded", "keepalive",
-        "ooo", "ooo_len", "ooo_recent", "sack_ok",
+        "ooo", "ooo_len", "ooo_recent", "sack_ok", "dsack",
     )
 
     def __init__(self, key: tuple, fam: IPv4, sock: socket.socket, gaddr: bytes, gport: int, raddr: bytes,
@@ -162,6 +162,8 @@ class TcpFlow:
         self.ooo_recent = 0
         #: both SYNs carried SACK-permitted: our ACKs report the kept segments
         self.sack_ok = False
+        #: (start, end) of duplicate data received, reported once as a D-SACK block (RFC 2883)
+        self.dsack: tuple[int, int] | None = None
 
 
 def parse_syn_options(frame: memoryview, start: int, end: int) -> tuple[int, int, bool]:
@@ -372,6 +374,10 @@ class Tcp:
             if behind >= plen:
                 if not (fin and behind == plen):
                     flow.force_ack = True  # old data or a keepalive probe
+                    if flow.sack_ok and plen > 1 and not from_ooo:
+                        # a duplicate (often the guest's tail-loss probe): D-SACK tells the guest nothing was
+                        # lost, else it reduces its congestion window as if the probe had repaired a loss
+                        flow.dsack = (seq, (seq + plen) & MASK)
                     if behind == 1 and plen <= 1 and not flow.keepalive:
                         flow.keepalive = True  # the guest keeps it alive: let the host side probe too
                         try:
@@ -381,6 +387,8 @@ class Tcp:
                     return
                 plen = 0
             else:
+                if flow.sack_ok and not from_ooo:
+                    flow.dsack = (seq, exp)  # partly a duplicate
                 off += behind
                 plen -= behind
         if plen:
@@ -431,6 +439,8 @@ class Tcp:
         old = ooo.get(seq)
         if old is not None:
             if len(old[0]) >= plen and old[1] >= fin:
+                if flow.sack_ok and not force and plen:
+                    flow.dsack = (seq, (seq + plen) & MASK)  # a duplicate of a kept segment
                 return True
             flow.ooo_len -= len(old[0])
             self.ooo_total -= len(old[0])
@@ -755,8 +765,9 @@ class Tcp:
         """Send a segment without payload (ACK, FIN, RST, SYN-ACK) for ``flow``."""
         if flags & TCP_ACK and not flags & TCP_RST:
             flow.seq_ack_to_tap = flow.seq_from_tap
-            if flow.ooo and flow.sack_ok and not flags & TCP_SYN:
-                opts = sack_option(flow.ooo, flow.seq_from_tap, flow.ooo_recent)
+            if flow.sack_ok and (flow.ooo or flow.dsack) and not flags & TCP_SYN:
+                opts = sack_option(flow.ooo or {}, flow.seq_from_tap, flow.ooo_recent, flow.dsack)
+                flow.dsack = None
                 if opts:
                     self.c["tcp.sack_acks"] += 1
         self._ctl_segment(flow.fam, flow.raddr, flow.rport, flow.gaddr, flow.gport,

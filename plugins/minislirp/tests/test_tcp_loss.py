@@ -77,6 +77,30 @@ def test_segment_beyond_a_gap_is_sacked(rig):
     assert rig.host.recv(1000) == b"a" * 100 + b"b" * 50 + b"c" * 150 + b"d" * 50
 
 
+def test_duplicates_are_reported_with_dsack(rig):
+    """A duplicate segment (typically the guest's tail-loss probe, fired when our ACK is late) is answered with a
+    D-SACK block (RFC 2883): without it Linux takes the probe for a repaired loss and cuts its window."""
+    rig.connect(sack=True)
+    rig.link.sent.clear()
+    g = rig.gseq
+    rig.send(rig.frame("PA", seq=g, ack=rig.hseq, data=b"a" * 100))
+    assert rig.take()[-1][TCP].ack == g + 100
+    rig.send(rig.frame("PA", seq=g, ack=rig.hseq, data=b"a" * 100))  # the same segment again
+    (ack,) = rig.take()
+    assert ack[TCP].ack == g + 100 and sack_blocks(ack) == [(g, g + 100)]
+    assert_checksums_ok(ack)
+    # a duplicate of a kept segment beyond a hole: D-SACK first, then the SACK block
+    rig.send(rig.frame("PA", seq=g + 200, ack=rig.hseq, data=b"c" * 50))
+    rig.take()
+    rig.send(rig.frame("PA", seq=g + 200, ack=rig.hseq, data=b"c" * 50))
+    (ack,) = rig.take()
+    assert sack_blocks(ack) == [(g + 200, g + 250), (g + 200, g + 250)]
+    # reported once: the next ACK carries the SACK block only
+    rig.send(rig.frame("PA", seq=g + 300, ack=rig.hseq, data=b"e" * 50))
+    (ack,) = rig.take()
+    assert sack_blocks(ack) == [(g + 300, g + 350), (g + 200, g + 250)]
+
+
 def test_no_sack_blocks_without_sack_permitted(rig):
     rig.connect(sack=False)
     rig.link.sent.clear()

@@ -24,8 +24,8 @@ from kboxnet_core.testing.netns import HostNetns, Netns
 class PasstTopology:
     """host netns (+ dead-end gw), guest netns with tap0 held by a TapLink."""
 
-    def __init__(self, area: str = "passt") -> None:
-        self.hostns = HostNetns(area)
+    def __init__(self, area: str = "passt", ipv6: bool = False) -> None:
+        self.hostns = HostNetns(area, ipv6=ipv6)
         self.guest = Netns(area=area)
         self.link: TapLink | None = None
         self.etc = Path()
@@ -46,9 +46,10 @@ class PasstTopology:
         self.link = TapLink.open_in_netns(self.guest.path, "tap0", mtu=mtu)
         return self.link
 
-    def config(self, mtu: int = 1500, forward: tuple[Forward, ...] = (), **passt: object) -> Config:
+    def config(self, mtu: int = 1500, forward: tuple[Forward, ...] = (), ipv6: bool = False,
+               **passt: object) -> Config:
         settings = PasstSettings(wrapper=tuple(self.hostns.host.prefix()), **passt)  # type: ignore[arg-type]
-        net = NetConfig(mtu=mtu, ipv6=IPv6Profile(enabled=False), forward=forward,
+        net = NetConfig(mtu=mtu, ipv6=IPv6Profile(enabled=ipv6), forward=forward,
                         plugins={"passt": settings})
         return Config(net=net)
 

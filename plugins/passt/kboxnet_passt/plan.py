@@ -73,7 +73,20 @@ def _host_resolver() -> str | None:
     return found[0] if found else None
 
 
-def _dns_args(net: NetConfig, info: BinaryInfo) -> tuple[list[str], list[str], list[str]]:
+#: where a passt without ``--dns-host`` sends the queries for the DNS address (see :func:`_dns_args`)
+OLD_DNS_TARGET4 = ipaddress.IPv4Address("127.0.0.1")
+OLD_DNS_TARGET6 = ipaddress.IPv6Address("::1")
+
+
+def _dns_args(net: NetConfig, info: BinaryInfo, ipv6: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """``-D``/``--dns-forward`` (and ``--dns-host``) for ``net``, with problems and warnings.
+
+    A passt without ``--dns-host`` (2023_03_09, measured) forwards the queries for the DNS address
+    to the resolver it read from ``/etc/resolv.conf`` only when it was given no ``-D`` for that
+    family; with ``-D`` (which kboxnet always passes, so that the guest is told the DNS address)
+    its upstream stays the unspecified address, so the queries go to the host's ``127.0.0.1:53``
+    and ``[::1]:53``, whatever ``resolv.conf`` says.
+    """
     args: list[str] = ["--dns", str(net.ipv4.dns)]
     problems: list[str] = []
     warnings: list[str] = []
@@ -81,7 +94,13 @@ def _dns_args(net: NetConfig, info: BinaryInfo) -> tuple[list[str], list[str], l
         problems.append("this passt has no --dns-forward (guest DNS address cannot be served)")
         return args, problems, warnings
     args += ["--dns-forward", str(net.ipv4.dns)]
+    old_target = (f"this passt forwards the guest's DNS queries to the host's {OLD_DNS_TARGET4}:53"
+                  + (f" (IPv6 queries to [{OLD_DNS_TARGET6}]:53)" if ipv6 else ""))
     if not net.dns:
+        host = None if info.has("dns-host") else _host_resolver()
+        if host is not None and ipaddress.ip_address(host.split("%")[0]) not in (OLD_DNS_TARGET4, OLD_DNS_TARGET6):
+            warnings.append(f"{old_target}, not to the host's resolver {host} (/etc/resolv.conf): "
+                            "guest DNS works only if a resolver listens there")
         return args, problems, warnings
     addr, port = parse_resolver(net.dns[0])
     if len(net.dns) > 1:
@@ -89,11 +108,13 @@ def _dns_args(net: NetConfig, info: BinaryInfo) -> tuple[list[str], list[str], l
     if info.has("dns-host") and port == 53:
         args += ["--dns-host", str(addr)]
         return args, problems, warnings
-    host = _host_resolver()
-    if port == 53 and host is not None and ipaddress.ip_address(host.split("%")[0]) == addr:
+    if port == 53 and addr == OLD_DNS_TARGET4:
+        if ipv6:
+            warnings.append(f"{old_target}: IPv6 queries reach {net.dns[0]} only if it also listens on "
+                            f"[{OLD_DNS_TARGET6}]:53")
         return args, problems, warnings
-    problems.append(f"this passt forwards DNS only to the host's first resolver ({host or 'none'}), "
-                    f"not to the configured {net.dns[0]} (needs --dns-host, passt >= 2024_10_30)")
+    problems.append(f"{old_target}, not to the configured {net.dns[0]} "
+                    "(needs --dns-host, passt >= 2024_10_30)")
     return args, problems, warnings
 
 
@@ -140,7 +161,7 @@ def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool,
             args += ["--dns-forward", str(v6.dns)]
     else:
         args.append("-4")
-    dns, dns_problems, dns_warnings = _dns_args(net, info)
+    dns, dns_problems, dns_warnings = _dns_args(net, info, ipv6)
     args += dns
     problems += dns_problems
     warnings += dns_warnings

@@ -8,6 +8,7 @@ was answered in the relay (or, for a fixed passt, by passt itself).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -105,3 +106,45 @@ def test_passt_without_ipv6_route_is_reported(tmp_path, caplog):
         av = PasstBackend().probe(topo.config(ipv6=False))
         assert av.available and "IPv6" not in av.reason, av.reason
 
+
+
+def test_old_passt_forwards_dns_to_host_loopback(tmp_path):
+    """Pins what kboxnet_passt.plan assumes of a passt without --dns-host: given -D (as kboxnet always
+    does), it sends the queries for the DNS address to the host's 127.0.0.1:53 and [::1]:53, not to
+    the resolvers of /etc/resolv.conf."""
+    _passt_installed()
+    if Dnsmasq.available():
+        pytest.skip(Dnsmasq.available())
+    from kboxnet_passt.detect import inspect_binary, resolve_binary
+
+    found = inspect_binary(resolve_binary("passt") or "passt")
+    if found.has("dns-host"):
+        pytest.skip("this passt has --dns-host (forwards to the resolver it is given)")
+    resolver6 = "fd6b:626e:e2e::53"
+    with PasstTopology(area="passt6", ipv6=True) as topo:
+        (topo.etc / "resolv.conf").write_text(f"nameserver 127.0.0.53\nnameserver {resolver6}\n")
+        topo.hostns.host.ip("-6", "addr", "add", f"{resolver6}/128", "dev", "lo", "nodad")
+        servers = {}
+        with contextlib.ExitStack() as stack:
+            for listen, a, aaaa in (("127.0.0.53", "10.0.2.77", "fd00::77"), ("127.0.0.1", "10.0.2.11", "fd00::11"),
+                                    (resolver6, "10.0.2.66", "fd00::66"), ("::1", "10.0.2.61", "fd00::61")):
+                servers[listen] = stack.enter_context(Dnsmasq({"kboxnet.test": a, "kboxnet6.test": aaaa},
+                                                              netns=topo.hostns.host, port=53, listen=listen))
+            cfg = topo.config(ipv6=True)
+            link = topo.open_tap()
+            session = PasstBackend().open(link, SessionContext(cfg, tmp_path))
+            session.start()
+            try:
+                assert session.ready(10), session.wait(0)
+                _slaac_address(topo)
+                topo.guest_run(["ip", "addr", "add", "10.0.2.15/24", "dev", "tap0"], check=True)
+                ns4 = topo.guest_run(["busybox", "nslookup", "-type=a", "www.kboxnet.test", "10.0.2.3"], timeout=20)
+                ns6 = topo.guest_run(["busybox", "nslookup", "-type=aaaa", "www.kboxnet6.test", DNS6], timeout=20)
+            finally:
+                session.stop()
+                session.wait(10)
+            assert "10.0.2.11" in ns4.stdout, ns4.stdout + ns4.stderr  # answered by 127.0.0.1
+            assert "fd00::11" not in ns6.stdout and "fd00::61" in ns6.stdout, ns6.stdout + ns6.stderr  # by ::1
+            asked = {listen: any("query[" in line and "probe." not in line for line in d.log().splitlines())
+                     for listen, d in servers.items()}
+            assert asked == {"127.0.0.53": False, "127.0.0.1": True, resolver6: False, "::1": True}, asked

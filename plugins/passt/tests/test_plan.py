@@ -94,3 +94,39 @@ def test_mtu_is_capped_for_old_passt_on_relayed_links_only():
     new = build_plan(Config(net=net), info(NEW), quirks_for(info(NEW)), relay=True)
     assert ("--mtu", "65520") in pairs(new.args) and new.mtu == 65520 and not new.warnings
     assert build_plan(Config(net=NetConfig(mtu=9000)), old, q, relay=True).mtu == 9000
+
+
+def test_old_passt_sends_dns_to_host_loopback_whatever_resolv_conf_says(monkeypatch):
+    """bookworm's passt with -D forwards to 127.0.0.1:53 / [::1]:53 (pinned in test_netns_ipv6.py)."""
+    from kboxnet_passt import plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "_host_resolver", lambda: "127.0.0.53")
+    old = info(OLD)
+    # the host's first resolver is not what this passt forwards to: a configured one is refused ...
+    refused = build_plan(Config(net=NetConfig(dns=("127.0.0.53",))), old, quirks_for(old), relay=True)
+    assert any("127.0.0.1:53" in p and "127.0.0.53" in p for p in refused.problems), refused.problems
+    # ... the default (host resolvers) is served, with a warning
+    default = build_plan(Config(), old, quirks_for(old), relay=True)
+    assert not default.problems
+    assert any("127.0.0.1:53" in w and "[::1]:53" in w and "127.0.0.53" in w for w in default.warnings)
+    # 127.0.0.1:53 is exactly where it forwards: accepted (IPv6 queries go to [::1]:53, said in a warning)
+    loop = build_plan(Config(net=NetConfig(dns=("127.0.0.1:53",))), old, quirks_for(old), relay=True)
+    assert not loop.problems and any("[::1]:53" in w for w in loop.warnings)
+    v4only = build_plan(Config(net=NetConfig(dns=("127.0.0.1",), ipv6=IPv6Profile(enabled=False))), old,
+                        quirks_for(old), relay=True)
+    assert not v4only.problems and not any("DNS" in w for w in v4only.warnings)
+    monkeypatch.setattr(plan_mod, "_host_resolver", lambda: "127.0.0.1")
+    assert not any("DNS" in w for w in build_plan(Config(), old, quirks_for(old), relay=True).warnings)
+
+
+def test_ipv6_plan_and_quirks():
+    old = info(OLD)
+    v6 = build_plan(Config(), old, quirks_for(old), relay=True)
+    assert v6.ipv6 and v6.relay_fixups and "-4" not in v6.args
+    v4 = build_plan(Config(net=NetConfig(ipv6=IPv6Profile(enabled=False))), old, quirks_for(old), relay=True)
+    assert not v4.ipv6 and "-4" in v4.args
+    # without the relay, --no-icmp is the only guard against the ping leak, and it also turns off NDP
+    direct = build_plan(Config(), old, quirks_for(old), relay=False)
+    assert "--no-icmp" in direct.args and any("NDP" in w for w in direct.warnings)
+    assert not any("IPv6 pings" in w for w in direct.warnings)  # --no-icmp covers them
+    assert any("IPv6 DNS replies" in w for w in direct.warnings)

@@ -110,8 +110,9 @@ def _dns_args(net: NetConfig, info: BinaryInfo, ipv6: bool = False) -> tuple[lis
         return args, problems, warnings
     if port == 53 and addr == OLD_DNS_TARGET4:
         if ipv6:
-            warnings.append(f"{old_target}: IPv6 queries reach {net.dns[0]} only if it also listens on "
-                            f"[{OLD_DNS_TARGET6}]:53")
+            warnings.append(f"this passt forwards the guest's IPv6 DNS queries to the host's [{OLD_DNS_TARGET6}]:53, "
+                            f"not to the configured {net.dns[0]} (they are answered only if a resolver "
+                            "listens there)")
         return args, problems, warnings
     problems.append(f"{old_target}, not to the configured {net.dns[0]} "
                     "(needs --dns-host, passt >= 2024_10_30)")

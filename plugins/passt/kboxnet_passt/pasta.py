@@ -58,7 +58,7 @@ class PastaSession(PasstProcessSession):
     def __init__(self, link: Link, ctx: SessionContext, settings: PasstSettings, info: BinaryInfo,
                  plan: Plan) -> None:
         assert ctx.netns is not None
-        super().__init__()
+        super().__init__(ipv6=plan.ipv6)
         self.link = link
         self.ctx = ctx
         self.netns = ctx.netns
@@ -85,7 +85,7 @@ class PastaSession(PasstProcessSession):
     def _serve(self, stop_fd: int) -> SessionResult:
         self._set_guest_link(False)
         log.info("starting pasta on %s (interface %s): %s", self.netns.path, self.ifname, shlex.join(self.argv))
-        proc = self._proc = PasstProcess(self.argv, name="pasta")
+        proc = self._proc = PasstProcess(self.argv, name="pasta", on_line=self._on_stderr)
         if not proc.wait_ready(self._ready_timeout):
             if proc.poll() is None:
                 return SessionResult(False, f"pasta did not finish start-up within {self._ready_timeout:.1f} s")

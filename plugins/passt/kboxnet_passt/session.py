@@ -45,10 +45,23 @@ class PasstProcessSession(LoopSession):
 
     backend_name = "passt"
 
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
         super().__init__()
         self._proc: PasstProcess | None = None
         self._stopping = False
+        #: passt was given the IPv6 profile
+        self._ipv6 = ipv6
+        #: ... and said that it turned IPv6 off (no IPv6 default route on the host)
+        self.ipv6_off = False
+
+    def counters(self) -> Mapping[str, int]:
+        return {"passt_ipv6_off": int(self.ipv6_off)} if self._ipv6 else {}
+
+    def _on_stderr(self, line: str) -> None:
+        """Called with each line passt prints: a warning when it turned IPv6 off (logged once)."""
+        if self._ipv6 and not self.ipv6_off and IPV6_OFF in line:
+            self.ipv6_off = True
+            log.warning("%s: %s", self.backend_name, IPV6_OFF_WARNING)
 
     def stop(self) -> None:
         self._stopping = True
@@ -97,7 +110,7 @@ class PasstSession(PasstProcessSession):
                  guest_mtu: int | None = None, ipv6: bool = False) -> None:
         if mode not in ("direct", "relay"):
             raise ValueError(f"unknown mode {mode!r}")
-        super().__init__()
+        super().__init__(ipv6)
         self.thread_name = f"passt-{mode}"
         self.link = link
         self.ctx = ctx
@@ -107,21 +120,12 @@ class PasstSession(PasstProcessSession):
         self._ready_timeout = ready_timeout
         self._relay: Relay | None = None
         self._guest_mtu = guest_mtu if ctx.netns is not None and guest_mtu != ctx.config.net.mtu else None
-        self._ipv6 = ipv6
-        #: passt turned IPv6 off although it was given the IPv6 profile
-        self.ipv6_off = False
         self.argv: list[str] = []
 
     def counters(self) -> Mapping[str, int]:
         out = dict(self._relay.counters()) if self._relay is not None else {}
-        if self._ipv6:
-            out["passt_ipv6_off"] = int(self.ipv6_off)
+        out.update(super().counters())
         return out
-
-    def _on_stderr(self, line: str) -> None:
-        if self._ipv6 and not self.ipv6_off and IPV6_OFF in line:
-            self.ipv6_off = True
-            log.warning("passt: %s", IPV6_OFF_WARNING)
 
     def _spawn(self, fd: int) -> PasstProcess:
         self.argv = list(self._argv_for_fd(fd))

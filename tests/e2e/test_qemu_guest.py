@@ -106,8 +106,9 @@ def test_guest_through_kboxnet_serve(backend, mtu, guest_image, tmp_path):
     # ipv6: a dead-end IPv6 default route too; without one passt turns IPv6 off
     # ("No external routable interface for IPv6") and the guest gets no router advertisement
     with HostNetns(area="e2e", ipv6=True) as topo, ExitStack() as stack:
-        # passt (bookworm) forwards DNS only to the first resolver of /etc/resolv.conf:
-        # inside the host namespace that is our dnsmasq on 127.0.0.1:53
+        # passt (bookworm) sends the guest's DNS to the host's own 127.0.0.1:53 and [::1]:53 whatever
+        # resolv.conf says (docs/passt.md): inside the host namespace those are our dnsmasqs; minislirp
+        # forwards to the resolv.conf entry, which names the same dnsmasq
         topo.host.set_resolv_conf(["127.0.0.1"])
         # passt cannot enforce egress rules (it refuses them); the others get a loopback-only policy
         config = write_config(tmp_path / "kboxnet.toml", backend, 53, mtu=mtu, egress=backend != "passt")

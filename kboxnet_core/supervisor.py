@@ -60,8 +60,13 @@ class Supervisor:
     # -- signals ---------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s, stopping", signal.Signals(signum).name)
+            # Stop first: the handler runs between two bytecodes of the main thread, possibly inside a write
+            # to stderr, where logging can raise ("reentrant call"); the stop must not depend on the log line.
             self.request_stop()
+            try:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+            except Exception:  # noqa: BLE001, S110 - a lost log line must not undo the stop
+                pass
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

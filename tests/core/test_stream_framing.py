@@ -8,6 +8,7 @@ must still get its reply on a new connection.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -71,7 +72,14 @@ def server(tmp_path):
     os.close(r)
     yield path, proc
     proc.terminate()
-    _, err = proc.communicate(timeout=10)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # kboxnet dumps every thread's stack (faulthandler) before we kill it
+        time.sleep(1)
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"kboxnet serve did not stop within 20 s of SIGTERM; its stacks and log:\n{err}")
     assert proc.returncode == 0, err
     assert not os.path.exists(path), "socket file left behind"
 

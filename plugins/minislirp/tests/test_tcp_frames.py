@@ -276,12 +276,13 @@ _segments = st.lists(st.tuples(st.sampled_from(["A", "PA", "FA", "S", "SA", "R",
                                st.binary(max_size=3000)), min_size=1, max_size=12)
 
 
-@given(_segments)
+@pytest.mark.parametrize("sack", [False, True])
+@given(segments=_segments)
 @settings(max_examples=60, deadline=None)
-def test_random_segments_on_an_established_flow_never_break_the_engine(segments):
+def test_random_segments_on_an_established_flow_never_break_the_engine(sack, segments):
     rig = Rig()
     try:
-        rig.connect()
+        rig.connect(sack=sack)
         rig.host.sendall(b"y" * 5000)
         rig.pump(timeout=0.05)
         for flags, dseq, dack, window, data in segments:

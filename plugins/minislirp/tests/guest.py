@@ -11,6 +11,7 @@ VM or kbox would connect.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -119,6 +120,7 @@ class GuestNet:
             self.tap.close()
         if self.own_ns:
             self.ns.delete()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> GuestNet:
         return self.start()

@@ -15,11 +15,9 @@ minislirp's view of the flow and its segment history.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -78,25 +76,8 @@ def one_run(n: int, qlen: int, seconds: float, limit: float, verbose: bool, sink
         finally:
             sink.kill()
             sink.wait(10)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    task = loop.create_task(flow_server.run("sink", port, 0, ready.set))
-
-    def serve() -> None:
-        try:
-            loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            pass
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with flow_server.served_in_thread("sink", port):
         return _measure(port, n, qlen, seconds, limit, verbose, snap)
-    finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(10)
 
 
 def _trace(eng, history: dict[int, list[str]]) -> None:

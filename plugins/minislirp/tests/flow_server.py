@@ -11,8 +11,11 @@ close (the client's EOF comes only after every byte was read). Prints
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sys
+import threading
+from collections.abc import Iterator
 
 
 def content(i: int, size: int) -> bytes:
@@ -60,6 +63,34 @@ async def run(mode: str, port: int, size: int, on_ready) -> None:
     on_ready()
     async with server:
         await server.serve_forever()
+
+
+@contextlib.contextmanager
+def served_in_thread(mode: str, port: int, size: int = 0) -> Iterator[int]:
+    """Run :func:`run` on its own event loop in a thread of this process for the ``with`` block; yields ``port``.
+
+    In-process on purpose where a test or bench wants the server to compete with minislirp's thread for the CPU.
+    """
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    task = loop.create_task(run(mode, port, size, ready.set))
+
+    def serve() -> None:
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        loop.close()
+
+    thread = threading.Thread(target=serve, name=f"flow-server-{mode}", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError(f"flow server ({mode}) not listening on port {port} within 10 s")
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ have negotiated SACK and used it, and every byte must arrive in order.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import sys
-import threading
 
 import flow_server
 import guest_tools
@@ -31,24 +29,8 @@ def sink_port():
     reason = netns_supported()
     if reason:
         pytest.skip(reason)
-    port = free_tcp_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    task = loop.create_task(flow_server.run("sink", port, 0, ready.set))
-
-    def serve() -> None:
-        try:
-            loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            pass
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield port
-    loop.call_soon_threadsafe(task.cancel)
-    thread.join(10)
+    with flow_server.served_in_thread("sink", free_tcp_port()) as port:
+        yield port
 
 
 def drop_every(g: GuestNet, port: int, nth: int) -> list[int]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -147,30 +145,13 @@ def test_1000_concurrent_uploads_mtu_65520_nothing_lost():
     port = free_tcp_port()
     # the sink runs in this process, as the bench's does: it competes with minislirp's thread for the CPU, so
     # minislirp falls behind and the guest's tap queue drops frames (as on a busy machine)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    task = loop.create_task(flow_server.run("sink", port, 0, ready.set))
-    def serve() -> None:
-        try:
-            loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            pass
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        with GuestNet(vnet_hdr=True, mtu=65520) as g:
-            assert "KBN_LEASE" in g.dhcp()
-            r = g.ns.run(["sh", "-c", f"ulimit -n 8192; exec {sys.executable} -c '{guest_tools.UPLOAD_FLOWS}' "
-                          f"10.0.2.2 {port} {n} 5 60 {1 << 20}"], timeout=120, check=False)
-            assert f"DONE {n} OK {n} FAILED 0 LOST 0 STUCK 0 SENT " in r.stdout, \
-                r.stdout + r.stderr + str(g.session.counters())
-            sent = int(r.stdout.split("SENT")[1].split()[0])
-            assert sent >= n * (1 << 20)  # at least 1 MiB per flow, or the load proves nothing (a busy machine
-            # writes less in 5 s: the flows then go on until they have)
-            assert g.session.counters()["tcp.bytes_to_host"] >= sent
-    finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(10)
+    with flow_server.served_in_thread("sink", port), GuestNet(vnet_hdr=True, mtu=65520) as g:
+        assert "KBN_LEASE" in g.dhcp()
+        r = g.ns.run(["sh", "-c", f"ulimit -n 8192; exec {sys.executable} -c '{guest_tools.UPLOAD_FLOWS}' "
+                      f"10.0.2.2 {port} {n} 5 60 {1 << 20}"], timeout=120, check=False)
+        assert f"DONE {n} OK {n} FAILED 0 LOST 0 STUCK 0 SENT " in r.stdout, \
+            r.stdout + r.stderr + str(g.session.counters())
+        sent = int(r.stdout.split("SENT")[1].split()[0])
+        assert sent >= n * (1 << 20)  # at least 1 MiB per flow, or the load proves nothing (a busy machine
+        # writes less in 5 s: the flows then go on until they have)
+        assert g.session.counters()["tcp.bytes_to_host"] >= sent

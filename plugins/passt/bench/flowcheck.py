@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,8 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import attrs  # noqa: E402
 from kboxnet_passt.plugin import PasstBackend  # noqa: E402
 from kboxnet_passt.process import PasstProcess  # noqa: E402
-from kboxnet_passt.relay import Relay, make_socketpair  # noqa: E402
+from kboxnet_passt.relay import make_socketpair  # noqa: E402
 from topo import PasstTopology  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_passt import RelayThread  # noqa: E402
 
 from kboxnet_core.backend import NetnsTarget, SessionContext  # noqa: E402
 from kboxnet_core.testing.udhcpc import write_udhcpc_script  # noqa: E402
@@ -78,27 +80,15 @@ class HandRelay:
         theirs.close()
         if not self.proc.wait_ready(10):
             raise RuntimeError(self.proc.exit_description())
-        self.relay = Relay(link, self.ours)
-        self._r, self._w = os.pipe()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.relay.run(self._r)
-        except Exception:  # noqa: BLE001 - ends with its peer
-            pass
+        self.relay_thread = RelayThread(link, self.ours)
 
     def counters(self) -> dict:
-        return self.relay.counters()
+        return self.relay_thread.relay.counters()
 
     def close(self) -> None:
-        os.write(self._w, b"x")
-        self.thread.join(5)
+        self.relay_thread.close()
         self.proc.terminate()
         self.ours.close()
-        os.close(self._r)
-        os.close(self._w)
 
 
 def one_run(topo: PasstTopology, args: argparse.Namespace, script: Path, run: int) -> dict:

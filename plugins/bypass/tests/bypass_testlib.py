@@ -139,37 +139,6 @@ def run_bypassed(
     return Run(os.waitstatus_to_exitcode(status), out, dict(runner.counters()))
 
 
-def free_tcp_udp_port() -> int:
-    """A 127.0.0.1 port that is free for both TCP and UDP right now (dnsmasq binds both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no port free for both TCP and UDP on 127.0.0.1")
-
-
-def start_dnsmasq(dnsmasq_cls: type, addresses: dict[str, str], tries: int = 5) -> object:
-    """Start a loopback dnsmasq, retrying with another port when its port was taken meanwhile.
-
-    The port is released between picking and dnsmasq's bind; on a busy machine (thousands
-    of loopback TCP connections from other tests) another socket can take it in between,
-    and dnsmasq then exits with "Address already in use".
-    """
-    for attempt in range(tries):
-        try:
-            return dnsmasq_cls(addresses, port=free_tcp_udp_port()).start()
-        except RuntimeError as exc:
-            if "Address already in use" not in str(exc) or attempt == tries - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def _shq(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 

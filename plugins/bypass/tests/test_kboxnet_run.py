@@ -9,7 +9,7 @@ import sys
 import threading
 
 import pytest
-from bypass_testlib import netns_skip_reason, start_dnsmasq
+from bypass_testlib import netns_skip_reason
 
 pytestmark = pytest.mark.netns
 
@@ -39,7 +39,7 @@ def test_run_bypass_with_dns_and_stack_through_minislirp(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     port = httpd.server_address[1]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    dns = start_dnsmasq(Dnsmasq, {"example.test": "10.0.2.2"})
+    dns = Dnsmasq({"example.test": "10.0.2.2"}).start()  # picks a port free for TCP and UDP, retries when taken
     try:
         cfg = tmp_path / "kboxnet.toml"
         cfg.write_text(

@@ -31,6 +31,8 @@ class Plan:
     :ivar mtu: the MTU passt offers the guest (``[net] mtu``, or less, see
         :data:`~kboxnet_passt.quirks.RELAY_MTU_LIMIT`).
     :ivar ipv6: passt is given the IPv6 profile (else ``-4``).
+    :ivar quirks: the build's defects that matter with these options (its IPv6
+        ones only when ``ipv6``).
     """
 
     args: tuple[str, ...]
@@ -39,6 +41,7 @@ class Plan:
     relay_fixups: bool = False
     mtu: int = 1500
     ipv6: bool = False
+    quirks: Quirks = attrs.field(factory=Quirks)
 
 
 def without_ipv6_quirks(quirks: Quirks) -> Quirks:
@@ -195,4 +198,4 @@ def build_plan(config: Config, info: BinaryInfo, quirks: Quirks, *, relay: bool,
             warnings += [f"unrepaired passt defect: {text}" for text in attrs.evolve(
                 quirks, gateway_ping_unmapped=False, gateway_ping6_unmapped=False,
                 partial_frames_dropped=False).describe()]
-    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups, mtu, ipv6)
+    return Plan(tuple(args), tuple(problems), tuple(warnings), relay_fixups, mtu, ipv6, quirks)

@@ -14,7 +14,7 @@ from kboxnet_core.links.base import Link
 
 from .detect import BinaryInfo, inspect_binary, resolve_binary
 from .fixups import Fixups
-from .plan import Plan, build_plan, without_ipv6_quirks
+from .plan import Plan, build_plan
 from .quirks import Quirks, quirks_for
 from .session import PasstSession
 from .settings import PasstSettings
@@ -94,10 +94,8 @@ class PasstBackend(Backend):
         else:
             notes = ()
         reason = f"passt {version} at {info.path}"
-        if not plan.ipv6:
-            quirks = without_ipv6_quirks(quirks)
-        if quirks.any:
-            reason += "; old build, repaired in the relay: " + ", ".join(quirks.describe())
+        if plan.quirks.any:
+            reason += "; old build, repaired in the relay: " + ", ".join(plan.quirks.describe())
         for note in notes:
             reason += f"; {note}"
         return Availability.yes(PRIORITY, reason, version=version)
@@ -157,10 +155,7 @@ class PasstBackend(Backend):
         if plan.relay_fixups:
             v6 = net.ipv6 if plan.ipv6 else None
             fixups = Fixups(net.ipv4.gateway, net.ipv4.dns, v6.gateway if v6 else None, v6.dns if v6 else None)
-            if not plan.ipv6:
-                quirks = without_ipv6_quirks(quirks)
-        if fixups is not None:
-            log.info("passt %s: repairing in the relay: %s", info.version, ", ".join(quirks.describe()))
+            log.info("passt %s: repairing in the relay: %s", info.version, ", ".join(plan.quirks.describe()))
         guest_mtu = plan.mtu if mode == "relay" and link.kind == "tap" else None
         return PasstSession(link, ctx, self._argv_factory(settings, info.path, plan), mode, fixups,
                             settings.ready_timeout, guest_mtu, ipv6=plan.ipv6)

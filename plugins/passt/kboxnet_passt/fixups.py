@@ -83,6 +83,14 @@ def _pseudo6(frame: bytearray | bytes, proto: int, length: int) -> int:
     return ones_sum(bytes(frame[22:54]) + struct.pack("!IxxxB", length, proto))
 
 
+def _remember(table: collections.OrderedDict, key: object, value: object) -> None:
+    """``table[key] = value`` as the newest entry; the oldest goes beyond :data:`MAX_TRACKED`."""
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > MAX_TRACKED:
+        table.popitem(last=False)
+
+
 def _is_link_local6(addr: bytes | memoryview) -> bool:
     return addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
 
@@ -134,11 +142,7 @@ class Fixups:
             return None
         if proto == PROTO_UDP:
             if len(frame) >= 42 and frame[30:34] == self.dns and frame[36:38] == b"\x00\x35":
-                port = struct.unpack_from("!H", frame, 34)[0]
-                self._dns_ports[port] = None
-                self._dns_ports.move_to_end(port)
-                if len(self._dns_ports) > MAX_TRACKED:
-                    self._dns_ports.popitem(last=False)
+                _remember(self._dns_ports, struct.unpack_from("!H", frame, 34)[0], None)
             return None
         if proto == PROTO_ICMP and len(frame) >= 42 and frame[34] == 8 and frame[30:34] in (self.gateway, self.dns):
             return self._echo_reply(frame)
@@ -148,11 +152,7 @@ class Fixups:
         nexthdr = frame[20]
         if nexthdr == PROTO_UDP:
             if frame[38:54] == self.dns6 and frame[56:58] == b"\x00\x35":
-                port = struct.unpack_from("!H", frame, 54)[0]
-                self._dns6_ports[port] = bytes(frame[22:38])
-                self._dns6_ports.move_to_end(port)
-                if len(self._dns6_ports) > MAX_TRACKED:
-                    self._dns6_ports.popitem(last=False)
+                _remember(self._dns6_ports, struct.unpack_from("!H", frame, 54)[0], bytes(frame[22:38]))
             return None
         if nexthdr == PROTO_ICMP6 and frame[IP6_L4] == ICMP6_ECHO_REQUEST and frame[38:54] in self._echo6_targets:
             return self._echo6_reply(frame)

@@ -21,8 +21,8 @@ retransmission timeout).
 
 from __future__ import annotations
 
-MASK = 0xFFFFFFFF
-HALF = 0x80000000
+from .wire import HALF, MASK
+
 #: SACK blocks per ACK: 4 fit in the 40 bytes of options (2 NOPs + 2 + 4 * 8 = 36)
 MAX_BLOCKS = 4
 #: NOP NOP SACK-permitted, appended to a SYN's options

@@ -41,8 +41,10 @@ from typing import TYPE_CHECKING
 from .checksum import big_sum, checksum
 from .sack import SACK_PERMITTED, sack_option
 from .wire import (
+    HALF,
     HEADROOM,
     IPPROTO_TCP,
+    MASK,
     TCP,
     TCP_ACK,
     TCP_FIN,
@@ -57,8 +59,6 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .family import IPv4, Packet
 
-MASK = 0xFFFFFFFF
-HALF = 0x80000000
 #: our window scale; windows are capped at 65535 << 8 (16 MiB), like passt
 WS_TO_TAP = 8
 MAX_WINDOW = 0xFFFF << WS_TO_TAP

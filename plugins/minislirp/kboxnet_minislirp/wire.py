@@ -17,6 +17,10 @@ IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
 
+#: TCP sequence numbers are modulo 2**32; a difference at or above HALF means "behind"
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+
 #: room in front of every frame we build for the 10-byte virtio-net header
 HEADROOM = 10
 VNET = struct.Struct("<BBHHHH")

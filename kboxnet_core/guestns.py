@@ -13,7 +13,6 @@ namespaces with ``setns`` (the default runner, or host-bypass's).
 from __future__ import annotations
 
 import array
-import ctypes
 import os
 import signal
 import socket
@@ -27,21 +26,11 @@ import attrs
 from .backend import CommandRunner, NetnsTarget
 from .config import Config
 from .links.tap import open_tap
-from .netns import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER, _libc, set_link, setns, unshare
-
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MS_BIND = 4096
+from .netns import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER, MS_BIND, MS_PRIVATE, MS_REC, mount, set_link, setns, unshare
 
 
 class GuestNamespaceError(RuntimeError):
     pass
-
-
-def _mount(src: str, target: str, flags: int, fstype: str | None = None) -> None:
-    if _libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -102,10 +91,10 @@ class GuestNamespace:
                     child_sock.sendall(b"M")  # parent writes our uid/gid maps
                     if child_sock.recv(1) != b"m":
                         os._exit(3)
-                _mount("none", "/", MS_REC | MS_PRIVATE)
-                _mount(resolv, "/etc/resolv.conf", MS_BIND)
+                mount("none", "/", flags=MS_REC | MS_PRIVATE)
+                mount(resolv, "/etc/resolv.conf", flags=MS_BIND)
                 try:  # a sysfs of our own shows this namespace's interfaces
-                    _mount("sysfs", "/sys", 0, "sysfs")
+                    mount("sysfs", "/sys", "sysfs")
                 except OSError:
                     pass
                 tap = open_tap(ifname, vnet_hdr=vnet_hdr, offload=vnet_hdr)

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -34,6 +37,14 @@ def unshare(flags: int) -> None:
     if _libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare: {os.strerror(err)}")
+
+
+def mount(src: str, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+    """mount(2); an OSError naming both paths on failure."""
+    if _libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                   data.encode() if data else None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
 
 
 @contextlib.contextmanager

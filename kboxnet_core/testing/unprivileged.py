@@ -24,30 +24,18 @@ Command line (root only): ``python -m kboxnet_core.testing.unprivileged --uid U 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import stat
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..netns import MS_BIND, MS_REC, mount
+
 TUN_MAJOR, TUN_MINOR = 10, 200
-MS_BIND = 4096
-MS_REC = 0x4000
 NOBODY = 65534
 #: what an unprivileged login's PATH would hold (``ip`` is in /usr/sbin or /sbin)
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _mount(src: str, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
-    rc = _libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                     data.encode() if data else None)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
-
 
 def _may(st: os.stat_result, uid: int, gid: int, bit: int) -> bool:
     """Whether ``uid:gid`` (no supplementary groups, no capabilities) has permission ``bit`` (1/2/4)."""
@@ -77,7 +65,7 @@ def expose(paths: Iterable[str | Path], uid: int, gid: int) -> list[Path]:
     for directory in sorted(blocked, key=lambda p: len(p.parts)):  # outermost first
         fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
         try:
-            _mount("tmpfs", str(directory), "tmpfs", 0, "mode=0755,size=64k")
+            mount("tmpfs", str(directory), "tmpfs", data="mode=0755,size=64k")
             for name in sorted(blocked[directory]):
                 src = f"/proc/self/fd/{fd}/{name}"  # the covered original, still reachable through the fd
                 target = directory / name
@@ -85,7 +73,7 @@ def expose(paths: Iterable[str | Path], uid: int, gid: int) -> list[Path]:
                     target.mkdir()
                 else:
                     target.touch()
-                _mount(src, str(target), None, MS_BIND | MS_REC)
+                mount(src, str(target), flags=MS_BIND | MS_REC)
         finally:
             os.close(fd)
     return sorted(blocked)
@@ -93,7 +81,7 @@ def expose(paths: Iterable[str | Path], uid: int, gid: int) -> list[Path]:
 
 def private_tun_node(directory: str = "/dev/net") -> Path:
     """A tmpfs over ``directory`` holding a fresh tun node that everybody may open (mode 0666)."""
-    _mount("tmpfs", directory, "tmpfs", 0, "mode=0755,size=16k")
+    mount("tmpfs", directory, "tmpfs", data="mode=0755,size=16k")
     node = Path(directory) / "tun"
     os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(TUN_MAJOR, TUN_MINOR))
     os.chmod(node, 0o666)  # mknod's mode is filtered by the umask
